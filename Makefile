@@ -1,0 +1,60 @@
+# pysandbox: one command to try it (make demo), one to test it (make test).
+# Every target installs what it needs; nothing is assumed to be on the machine
+# beyond Debian 12 and root.
+
+PY        := /usr/bin/python3
+VENV      := .venv
+VPY       := $(VENV)/bin/python
+BIN       := $(VENV)/bin/pysandbox
+APT_PKGS  := busybox-static runc crun runsc python3-venv libseccomp2 gcc libc6-dev iproute2 procps
+STAMP_APT := $(VENV)/.apt-stamp
+STAMP_PIP := $(VENV)/.pip-stamp
+BUNDLE    := build/bundle
+
+.PHONY: all setup demo test lint typecheck pytest bench docs clean
+
+all: setup
+
+$(STAMP_APT):
+	@mkdir -p $(VENV)
+	@missing=$$(for p in $(APT_PKGS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "apt-get install $$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+	@touch $@
+
+$(STAMP_PIP): $(STAMP_APT) pyproject.toml requirements-dev.txt
+	@test -x $(VPY) || $(PY) -m venv $(VENV)
+	$(VPY) -m pip install -q --disable-pip-version-check -r requirements-dev.txt
+	$(VPY) -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
+	@touch $@
+
+setup: $(STAMP_PIP)
+
+$(BUNDLE)/config.json: $(STAMP_PIP)
+	$(BIN) bundle $(BUNDLE)
+
+# Runs a real sandboxed container from the embedded busybox bundle.
+demo: setup $(BUNDLE)/config.json
+	$(BIN) run --bundle $(BUNDLE) demo-$$$$
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: setup
+	$(VENV)/bin/mypy oci sentry syscalls gofer policies pkg tests scripts
+
+pytest: setup
+	$(VENV)/bin/pytest -q
+
+test: lint typecheck pytest
+
+bench: setup
+	$(VPY) scripts/bench.py --write docs/benchmarks.md
+
+docs: setup
+
+clean:
+	rm -rf build .mypy_cache .ruff_cache .pytest_cache
