@@ -1,5 +1,505 @@
-"""Command line entry point (placeholder until the CLI lands)."""
+"""The runc-compatible command line.
+
+Flags follow Go's flag package, which runc's callers were written against:
+``-flag`` and ``--flag`` are the same, values come as ``--flag v`` or
+``--flag=v``, and parsing stops at the first non-flag argument (so
+``exec ID sh -c ...`` and ``ps ID -o pid`` pass the rest through).
+The parser is hand-written because start-up time is a product feature and
+argparse alone costs milliseconds to import and build.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from pysandbox import OCI_VERSION, __version__
+from pysandbox.oci.log import Logger, RuntimeFailure
+from pysandbox.oci.state import DEFAULT_ROOT
 
 
-def main() -> int:
+class UsageError(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class Flag:
+    names: tuple[str, ...]
+    takes_value: bool = False
+    multi: bool = False
+    help: str = ""
+
+
+@dataclass
+class Parsed:
+    values: dict[str, str | bool | list[str]] = field(default_factory=dict)
+    args: list[str] = field(default_factory=list)
+
+    def str(self, name: str, default: str | None = None) -> str | None:
+        v = self.values.get(name)
+        return v if isinstance(v, str) else default
+
+    def bool(self, name: str) -> bool:
+        return bool(self.values.get(name, False))
+
+    def list(self, name: str) -> list[str]:
+        v = self.values.get(name)
+        return v if isinstance(v, list) else []
+
+
+def parse_flags(flags: Sequence[Flag], argv: Sequence[str]) -> Parsed:
+    by_name = {n: f for f in flags for n in f.names}
+    out = Parsed()
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a == "--":
+            out.args.extend(argv[i + 1 :])
+            break
+        if not a.startswith("-") or a == "-":
+            out.args.extend(argv[i:])
+            break
+        name, eq, value = a.lstrip("-").partition("=")
+        f = by_name.get(name)
+        if f is None:
+            raise UsageError(f"flag provided but not defined: -{name}")
+        key = f.names[0]
+        if f.takes_value:
+            if not eq:
+                i += 1
+                if i >= len(argv):
+                    raise UsageError(f"flag needs an argument: -{name}")
+                value = argv[i]
+            if f.multi:
+                lst = out.values.setdefault(key, [])
+                assert isinstance(lst, list)
+                lst.append(value)
+            else:
+                out.values[key] = value
+        else:
+            if eq and value.lower() not in ("true", "false", "1", "0", "t", "f"):
+                raise UsageError(f'invalid boolean value "{value}" for -{name}')
+            out.values[key] = not eq or value.lower() in ("true", "1", "t")
+        i += 1
+    return out
+
+
+GLOBAL_FLAGS = (
+    Flag(("root",), True, help=f"root directory for storage of container state (default: {DEFAULT_ROOT})"),
+    Flag(("log",), True, help="set the log file to write runtime logs to (default: stderr)"),
+    Flag(("log-format",), True, help="set the log format ('text' (default), or 'json')"),
+    Flag(("debug",), help="enable debug logging"),
+    Flag(("systemd-cgroup",), help="enable systemd cgroup support (not supported: fails clearly)"),
+    Flag(("rootless",), True, help="ignore cgroup permission errors ('true', 'false', or 'auto')"),
+    Flag(("criu",), True, help="accepted for compatibility; checkpointing is not supported"),
+    Flag(("help", "h"), help="show help"),
+    Flag(("version", "v"), help="print the version"),
+)
+
+_CREATE_FLAGS = (
+    Flag(("bundle", "b"), True, help="path to the root of the bundle directory (default: .)"),
+    Flag(("console-socket",), True, help="AF_UNIX socket that receives the pty master"),
+    Flag(("pid-file",), True, help="file to write the container process id to"),
+    Flag(("no-pivot",), help="do not use pivot_root (for a rootfs on a ramdisk)"),
+    Flag(("no-new-keyring",), help="do not create a new session keyring"),
+    Flag(("preserve-fds",), True, help="pass N additional file descriptors to the container"),
+    Flag(("pidfd-socket",), True, help="AF_UNIX socket that receives a pidfd of the container process"),
+)
+
+COMMANDS: dict[str, tuple[str, tuple[Flag, ...], str]] = {
+    "create": ("create a container", _CREATE_FLAGS, "<container-id>"),
+    "start": ("execute the user defined process in a created container", (), "<container-id>"),
+    "run": (
+        "create and run a container",
+        (
+            *_CREATE_FLAGS,
+            Flag(("detach", "d"), help="detach from the container's process"),
+            Flag(("keep",), help="do not delete the container after it exits"),
+            Flag(("no-subreaper",), help="accepted for compatibility"),
+        ),
+        "<container-id>",
+    ),
+    "state": ("output the state of a container", (), "<container-id>"),
+    "kill": (
+        "send a signal (default SIGTERM) to the container's init process",
+        (Flag(("all", "a"), help="send the signal to all processes in the container"),),
+        "<container-id> [signal]",
+    ),
+    "delete": (
+        "delete any resources held by the container",
+        (Flag(("force", "f"), help="forcibly delete the container if it is still running (SIGKILL)"),),
+        "<container-id>",
+    ),
+    "list": (
+        "list containers started by pysandbox with the given root",
+        (
+            Flag(("format", "f"), True, help="table (default) or json"),
+            Flag(("quiet", "q"), help="display only container IDs"),
+        ),
+        "",
+    ),
+    "ps": (
+        "ps displays the processes running inside a container",
+        (Flag(("format", "f"), True, help="table (default) or json"),),
+        "<container-id> [ps options]",
+    ),
+    "exec": (
+        "execute new process inside the container",
+        (
+            Flag(("console-socket",), True, help="AF_UNIX socket that receives the pty master"),
+            Flag(("cwd",), True, help="current working directory in the container"),
+            Flag(("env", "e"), True, True, help="set environment variables"),
+            Flag(("tty", "t"), help="allocate a pseudo-TTY"),
+            Flag(("user", "u"), True, help="UID (format: <uid>[:<gid>])"),
+            Flag(("additional-gids", "g"), True, True, help="additional gids"),
+            Flag(("process", "p"), True, help="path to the process.json"),
+            Flag(("detach", "d"), help="detach from the container's process"),
+            Flag(("pid-file",), True, help="file to write the process id to"),
+            Flag(("process-label",), True, help="accepted; SELinux is not supported"),
+            Flag(("apparmor",), True, help="accepted; AppArmor is not supported"),
+            Flag(("no-new-privs",), help="set the no new privileges value for the process"),
+            Flag(("cap", "c"), True, True, help="add a capability to the bounding set"),
+            Flag(("preserve-fds",), True, help="pass N additional file descriptors"),
+            Flag(("cgroup",), True, help="run the process in a (sub)cgroup"),
+            Flag(("ignore-paused",), help="allow exec in a paused container"),
+            Flag(("pidfd-socket",), True, help="AF_UNIX socket that receives a pidfd"),
+        ),
+        "<container-id> <command> [command options]",
+    ),
+    "pause": ("pause suspends all processes inside the container", (), "<container-id>"),
+    "resume": ("resumes all processes that have been previously paused", (), "<container-id>"),
+    "update": (
+        "update container resource constraints",
+        (
+            Flag(("resources", "r"), True, help="path to a file with resources JSON, or - for stdin"),
+            Flag(("blkio-weight",), True),
+            Flag(("cpu-period",), True),
+            Flag(("cpu-quota",), True),
+            Flag(("cpu-share",), True),
+            Flag(("cpu-rt-period",), True),
+            Flag(("cpu-rt-runtime",), True),
+            Flag(("cpuset-cpus",), True),
+            Flag(("cpuset-mems",), True),
+            Flag(("kernel-memory",), True),
+            Flag(("kernel-memory-tcp",), True),
+            Flag(("memory",), True),
+            Flag(("memory-reservation",), True),
+            Flag(("memory-swap",), True),
+            Flag(("pids-limit",), True),
+            Flag(("l3-cache-schema",), True),
+            Flag(("mem-bw-schema",), True),
+        ),
+        "<container-id>",
+    ),
+    "events": (
+        "display container events such as OOM notifications and cpu, memory, IO and network stats",
+        (
+            Flag(("interval",), True, help="set the stats collection interval (default: 5s)"),
+            Flag(("stats",), help="display the container's stats then exit"),
+        ),
+        "<container-id>",
+    ),
+    "spec": (
+        "create a new specification file",
+        (
+            Flag(("bundle", "b"), True, help="path to the root of the bundle directory"),
+            Flag(("rootless",), help="generate a configuration for a rootless container"),
+        ),
+        "",
+    ),
+    "features": ("show the enabled features", (), ""),
+    "bundle": (
+        "write the embedded default bundle (busybox-static rootfs + config.json) to DIR",
+        (Flag(("force",), help="overwrite an existing config.json"),),
+        "<dir> [command...]",
+    ),
+}
+
+_EXACT_ONE = {"create", "start", "run", "state", "delete", "pause", "resume", "update", "events"}
+
+
+def version_text() -> str:
+    return f"pysandbox version {__version__}\ncommit: v{__version__}\nspec: {OCI_VERSION}\n"
+
+
+def usage(command: str | None = None) -> str:
+    if command is None:
+        lines = [
+            "NAME:",
+            "   pysandbox - a sandboxing OCI runtime (runc-compatible command line)",
+            "",
+            "USAGE:",
+            "   pysandbox [global options] command [command options] [arguments...]",
+            "",
+            "COMMANDS:",
+        ]
+        lines += [f"   {name:<10}{desc}" for name, (desc, _, _) in COMMANDS.items()]
+        lines += ["", "GLOBAL OPTIONS:"]
+        lines += [_flag_line(f) for f in GLOBAL_FLAGS]
+        return "\n".join(lines) + "\n"
+    desc, flags, args = COMMANDS[command]
+    lines = [
+        "NAME:",
+        f"   pysandbox {command} - {desc}",
+        "",
+        "USAGE:",
+        f"   pysandbox {command} [command options] {args}".rstrip(),
+    ]
+    if flags:
+        lines += ["", "OPTIONS:"] + [_flag_line(f) for f in flags]
+    return "\n".join(lines) + "\n"
+
+
+def _flag_line(f: Flag) -> str:
+    names = ", ".join(("--" if len(n) > 1 else "-") + n + (" value" if f.takes_value else "") for n in f.names)
+    return f"   {names:<34}{f.help}"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    log = Logger()
+    try:
+        g = parse_flags(GLOBAL_FLAGS, argv)
+    except UsageError as e:
+        log.error(str(e))
+        return 1
+    log = Logger(g.str("log"), g.str("log-format", "text") or "text", g.bool("debug"))
+    if g.bool("version"):
+        sys.stdout.write(version_text())
+        return 0
+    if not g.args or g.bool("help"):
+        if g.args and g.args[0] in COMMANDS:
+            sys.stdout.write(usage(g.args[0]))
+        else:
+            sys.stdout.write(usage())
+        return 0
+    command, rest = g.args[0], g.args[1:]
+    if command == "help":
+        sys.stdout.write(usage(rest[0] if rest and rest[0] in COMMANDS else None))
+        return 0
+    if command not in COMMANDS:
+        log.error(f"No help topic for '{command}'")
+        return 3
+    if g.str("log-format", "text") not in ("text", "json"):
+        log.error(f"invalid log-format: {g.str('log-format')}")
+        return 1
+    _, flags, _ = COMMANDS[command]
+    try:
+        p = parse_flags((*flags, Flag(("help", "h"))), rest)
+    except UsageError as e:
+        sys.stderr.write(f"Incorrect Usage: {e}\n\n" + usage(command))
+        log.error(str(e))
+        return 1
+    if p.bool("help"):
+        sys.stdout.write(usage(command))
+        return 0
+    if command in _EXACT_ONE and len(p.args) != 1:
+        sys.stderr.write("Incorrect Usage.\n\n" + usage(command))
+        log.error(f'pysandbox: "{command}" requires exactly 1 argument(s)')
+        return 1
+    root = g.str("root", os.environ.get("PYSANDBOX_ROOT", DEFAULT_ROOT)) or DEFAULT_ROOT
+    try:
+        handler = _HANDLERS[command]
+        return handler(root, log, g, p)
+    except RuntimeFailure as e:
+        log.error(str(e))
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except OSError as e:
+        log.error(f"{e.strerror or e}{': ' + str(e.filename) if e.filename else ''}")
+        return 1
+
+
+Handler = Callable[[str, Logger, Parsed, Parsed], int]
+
+
+def _runtime(root: str, log: Logger, g: Parsed) -> object:
+    from pysandbox.oci.lifecycle import Runtime
+
+    return Runtime(root, log, systemd_cgroup=g.bool("systemd-cgroup"))
+
+
+def _create_opts(p: Parsed) -> object:
+    from pysandbox.oci.lifecycle import CreateOptions
+
+    pf = p.str("pid-file")
+    return CreateOptions(
+        bundle=os.path.abspath(p.str("bundle") or "."),
+        pid_file=os.path.abspath(pf) if pf else None,
+        console_socket=p.str("console-socket"),
+        no_pivot=p.bool("no-pivot"),
+        preserve_fds=_int_flag(p, "preserve-fds", 0),
+    )
+
+
+def _int_flag(p: Parsed, name: str, default: int) -> int:
+    v = p.str(name)
+    if v is None:
+        return default
+    try:
+        return int(v)
+    except ValueError:
+        raise RuntimeFailure(f'invalid value "{v}" for flag -{name}: parse error') from None
+
+
+def _cmd_create(root: str, log: Logger, g: Parsed, p: Parsed) -> int:
+    from pysandbox.oci.lifecycle import CreateOptions, Runtime
+
+    rt = _runtime(root, log, g)
+    assert isinstance(rt, Runtime)
+    opts = _create_opts(p)
+    assert isinstance(opts, CreateOptions)
+    rt.create(p.args[0], opts)
     return 0
+
+
+def _cmd_run(root: str, log: Logger, g: Parsed, p: Parsed) -> int:
+    from pysandbox.oci.lifecycle import CreateOptions, Runtime
+
+    rt = _runtime(root, log, g)
+    assert isinstance(rt, Runtime)
+    opts = _create_opts(p)
+    assert isinstance(opts, CreateOptions)
+    return rt.run(p.args[0], opts, detach=p.bool("detach"), keep=p.bool("keep"))
+
+
+def _simple(method: str) -> Handler:
+    def handler(root: str, log: Logger, g: Parsed, p: Parsed) -> int:
+        rt = _runtime(root, log, g)
+        getattr(rt, method)(p.args[0])
+        return 0
+
+    return handler
+
+
+def _cmd_state(root: str, log: Logger, g: Parsed, p: Parsed) -> int:
+    from pysandbox.oci.lifecycle import Runtime
+
+    rt = _runtime(root, log, g)
+    assert isinstance(rt, Runtime)
+    sys.stdout.write(rt.state(p.args[0]))
+    return 0
+
+
+def _cmd_kill(root: str, log: Logger, g: Parsed, p: Parsed) -> int:
+    from pysandbox.oci.lifecycle import Runtime, parse_signal
+
+    if len(p.args) not in (1, 2):
+        sys.stderr.write("Incorrect Usage.\n\n" + usage("kill"))
+        raise RuntimeFailure('pysandbox: "kill" requires a minimum of 1 and a maximum of 2 argument(s)')
+    rt = _runtime(root, log, g)
+    assert isinstance(rt, Runtime)
+    sig = parse_signal(p.args[1] if len(p.args) == 2 else "SIGTERM")
+    rt.kill(p.args[0], sig, all_processes=p.bool("all"))
+    return 0
+
+
+def _cmd_delete(root: str, log: Logger, g: Parsed, p: Parsed) -> int:
+    from pysandbox.oci.lifecycle import Runtime
+
+    rt = _runtime(root, log, g)
+    assert isinstance(rt, Runtime)
+    rt.delete(p.args[0], force=p.bool("force"))
+    return 0
+
+
+def _cmd_list(root: str, log: Logger, g: Parsed, p: Parsed) -> int:
+    from pysandbox.oci.listing import list_containers
+
+    sys.stdout.write(list_containers(root, log, fmt=p.str("format", "table") or "table", quiet=p.bool("quiet")))
+    return 0
+
+
+def _cmd_ps(root: str, log: Logger, g: Parsed, p: Parsed) -> int:
+    from pysandbox.oci.listing import ps
+
+    if not p.args:
+        sys.stderr.write("Incorrect Usage.\n\n" + usage("ps"))
+        raise RuntimeFailure('pysandbox: "ps" requires a minimum of 1 argument(s)')
+    sys.stdout.write(ps(root, log, p.args[0], fmt=p.str("format", "table") or "table", ps_args=p.args[1:]))
+    return 0
+
+
+def _cmd_exec(root: str, log: Logger, g: Parsed, p: Parsed) -> int:
+    from pysandbox.oci.execute import exec_command
+
+    if not p.args:
+        sys.stderr.write("Incorrect Usage.\n\n" + usage("exec"))
+        raise RuntimeFailure('pysandbox: "exec" requires a minimum of 1 argument(s)')
+    return exec_command(root, log, p)
+
+
+def _cmd_update(root: str, log: Logger, g: Parsed, p: Parsed) -> int:
+    from pysandbox.oci.resources import update
+
+    update(root, log, p.args[0], p)
+    return 0
+
+
+def _cmd_events(root: str, log: Logger, g: Parsed, p: Parsed) -> int:
+    from pysandbox.oci.resources import events
+
+    return events(root, log, p.args[0], stats_only=p.bool("stats"), interval=p.str("interval", "5s") or "5s")
+
+
+def _cmd_spec(root: str, log: Logger, g: Parsed, p: Parsed) -> int:
+    from pathlib import Path
+
+    from pysandbox.oci.specgen import default_spec, write_spec
+
+    bundle = Path(p.str("bundle") or ".")
+    try:
+        write_spec(bundle, default_spec(rootless=p.bool("rootless")))
+    except FileExistsError as e:
+        raise RuntimeFailure(str(e)) from None
+    return 0
+
+
+def _cmd_features(root: str, log: Logger, g: Parsed, p: Parsed) -> int:
+    import json
+
+    from pysandbox.oci.features import features_document
+
+    sys.stdout.write(json.dumps(features_document(), indent=4) + "\n")
+    return 0
+
+
+def _cmd_bundle(root: str, log: Logger, g: Parsed, p: Parsed) -> int:
+    from pathlib import Path
+
+    from pysandbox.oci.bundle import write_bundle
+
+    if not p.args:
+        raise RuntimeFailure('pysandbox: "bundle" requires a directory argument')
+    target = Path(p.args[0])
+    if (target / "config.json").exists() and not p.bool("force"):
+        sys.stdout.write(f"{target}/config.json exists; keeping it\n")
+        return 0
+    if p.bool("force"):
+        (target / "config.json").unlink(missing_ok=True)
+    path = write_bundle(target, p.args[1:] or None)
+    sys.stdout.write(f"wrote {path}\n")
+    return 0
+
+
+_HANDLERS: dict[str, Handler] = {
+    "create": _cmd_create,
+    "start": _simple("start"),
+    "run": _cmd_run,
+    "state": _cmd_state,
+    "kill": _cmd_kill,
+    "delete": _cmd_delete,
+    "list": _cmd_list,
+    "ps": _cmd_ps,
+    "exec": _cmd_exec,
+    "pause": _simple("pause"),
+    "resume": _simple("resume"),
+    "update": _cmd_update,
+    "events": _cmd_events,
+    "spec": _cmd_spec,
+    "features": _cmd_features,
+    "bundle": _cmd_bundle,
+}

@@ -319,4 +319,51 @@ def seccomp_load_bpf(prog: bytes, flags: int = 0) -> int:
         _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_char_p)]
 
     fprog = _SockFprog(len(prog) // 8, prog)
-    return _check(_syscall(SYS_SECCOMP, ctypes.c_uint(1), ctypes.c_uint(flags), ctypes.byref(fprog)))
+    return _check(
+        _syscall(SYS_SECCOMP, ctypes.c_uint(1), ctypes.c_uint(flags), ctypes.byref(fprog))
+    )
+
+
+# --- network interfaces ------------------------------------------------------
+_SIOCGIFFLAGS: Final = 0x8913
+_SIOCSIFFLAGS: Final = 0x8914
+_IFF_UP: Final = 0x1
+
+
+def set_link_up(name: str) -> None:
+    """Bring an interface of the current network namespace up (runc does this for lo)."""
+    import fcntl
+    import socket
+    import struct
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        req = struct.pack("16sH14x", name.encode(), 0)
+        flags = struct.unpack("16sH14x", fcntl.ioctl(s.fileno(), _SIOCGIFFLAGS, req))[1]
+        fcntl.ioctl(
+            s.fileno(), _SIOCSIFFLAGS, struct.pack("16sH14x", name.encode(), flags | _IFF_UP)
+        )
+
+
+# --- inotify (cgroups v2 OOM events) -----------------------------------------
+IN_MODIFY: Final = 0x00000002
+IN_CLOEXEC: Final = 0o2000000
+IN_NONBLOCK: Final = 0o4000
+
+
+def inotify_init1(flags: int = IN_CLOEXEC) -> int:
+    """inotify_init1(2): a new inotify instance; returns its fd."""
+    return _check(_libc.inotify_init1(ctypes.c_int(flags)))
+
+
+def inotify_add_watch(fd: int, path: str, mask: int) -> int:
+    """inotify_add_watch(2): watch path for the events in mask; returns the watch descriptor."""
+    return _check_path(
+        _libc.inotify_add_watch(ctypes.c_int(fd), path.encode(), ctypes.c_uint32(mask)), path
+    )
+
+
+# --- console ---
+# pty ioctls the termios module lacks (asm-generic/ioctls.h, x86_64).
+TIOCGPTN: Final = 0x80045430  # _IOR('T', 0x30, unsigned int): pty number of a master
+TIOCSPTLCK: Final = 0x40045431  # _IOW('T', 0x31, int): (un)lock the slave
+TIOCGPTPEER: Final = 0x5441  # _IO('T', 0x41): open the slave from the master (4.13+)

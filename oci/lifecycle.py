@@ -1,0 +1,591 @@
+"""The container lifecycle: create, start, run, state, kill, delete, pause,
+resume. Every command that changes a container holds its lock; every failure
+before ``create`` returns undoes what it did."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import select
+import signal
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from pysandbox import OCI_VERSION
+from pysandbox.oci import kernel as k
+from pysandbox.oci.log import Logger, RuntimeFailure, rfc3339_nano
+from pysandbox.oci.state import (
+    CREATED,
+    CREATING,
+    EXEC_FIFO,
+    PAUSED,
+    RUNNING,
+    STOPPED,
+    ContainerRecord,
+    StateStore,
+    process_start_time,
+    process_state,
+    validate_id,
+    write_file_atomic,
+)
+
+if TYPE_CHECKING:
+    from pysandbox.oci.cgroups import CgroupManager
+    from pysandbox.oci.config import Hook, Spec
+    from pysandbox.oci.spawn import Launched
+
+
+@dataclass
+class CreateOptions:
+    bundle: str
+    pid_file: str | None = None
+    console_socket: str | None = None
+    no_pivot: bool = False
+    preserve_fds: int = 0
+
+
+class Runtime:
+    def __init__(self, root: str, log: Logger, *, systemd_cgroup: bool = False) -> None:
+        self.store = StateStore(root)
+        self.log = log
+        self.systemd_cgroup = systemd_cgroup
+
+    # --- status ------------------------------------------------------------------
+    def status(self, rec: ContainerRecord) -> str:
+        if rec.status == CREATING:
+            return CREATING if rec.pid and self._alive(rec) else STOPPED
+        if not rec.pid or not self._alive(rec):
+            return STOPPED
+        if os.path.exists(os.path.join(self.store.dir(rec.id), EXEC_FIFO)):
+            return CREATED
+        if rec.cgroup:
+            with contextlib.suppress(Exception):
+                if self._cgroup(rec).is_frozen():
+                    return PAUSED
+        return RUNNING
+
+    @staticmethod
+    def _alive(rec: ContainerRecord) -> bool:
+        if process_start_time(rec.pid) != rec.pid_start:
+            return False
+        return process_state(rec.pid) not in ("", "Z", "X")
+
+    @staticmethod
+    def _cgroup(rec: ContainerRecord) -> CgroupManager:
+        from pysandbox.oci.cgroups import manager_from_dict
+
+        return manager_from_dict(rec.cgroup)
+
+    def state_document(self, rec: ContainerRecord, *, owner: str = "") -> dict[str, Any]:
+        st = self.status(rec)
+        doc: dict[str, Any] = {
+            "ociVersion": OCI_VERSION,
+            "id": rec.id,
+            "pid": rec.pid if st != STOPPED else 0,
+            "status": st,
+            "bundle": rec.bundle,
+            "rootfs": rec.rootfs,
+            "created": rfc3339_nano(rec.created_ns),
+        }
+        if rec.annotations:
+            doc["annotations"] = rec.annotations
+        doc["owner"] = owner
+        return doc
+
+    def state(self, cid: str) -> str:
+        rec = self.store.load(cid)
+        return json.dumps(self.state_document(rec), indent=2)
+
+    # --- create ------------------------------------------------------------------
+    def create(self, cid: str, opts: CreateOptions, *, attached: bool = False) -> Launched:
+        """Create the container; returns with init blocked on the exec fifo.
+
+        ``attached`` is run's foreground mode: the terminal (if any) is ours.
+        """
+        from pysandbox.oci.config import ConfigError, load_bundle
+
+        validate_id(cid)
+        if self.store.exists(cid):
+            raise RuntimeFailure(f"container with id exists: {cid}")
+        try:
+            spec = load_bundle(opts.bundle)
+        except ConfigError as e:
+            raise RuntimeFailure(f"config.json: {e}" if not str(e).startswith("bundle") else str(e)) from None
+        _check_create(spec, opts, attached=attached)
+        if self.systemd_cgroup:
+            raise RuntimeFailure(
+                "systemd cgroup driver requested (--systemd-cgroup) but systemd is not "
+                "supported by pysandbox; use the cgroupfs driver"
+            )
+        from pysandbox.oci.cgroups import CgroupError, new_manager
+
+        try:
+            cgroup = new_manager(spec.linux.cgroups_path, cid)
+        except CgroupError as e:
+            raise RuntimeFailure(str(e)) from None
+        seccomp = None
+        if spec.linux.seccomp is not None:
+            from pysandbox.oci.seccomp import SeccompError, compile_cached
+
+            try:
+                seccomp = compile_cached(spec.linux.seccomp, os.path.join(self.store.root, ".cache"))
+            except SeccompError as e:
+                raise RuntimeFailure(str(e)) from None
+
+        state_dir = self.store.create_dir(cid)
+        rec = ContainerRecord(
+            id=cid,
+            bundle=spec.bundle,
+            rootfs=spec.root.path,
+            created_ns=time.time_ns(),
+            annotations=dict(spec.annotations),
+            cgroup=cgroup.to_dict(),
+            hooks={
+                "poststart": [_hook_dict(h) for h in spec.hooks.poststart],
+                "poststop": [_hook_dict(h) for h in spec.hooks.poststop],
+            },
+            namespaces={n.type: n.path or "" for n in spec.linux.namespaces},
+        )
+        try:
+            self.store.save(rec, partial=True)
+            return self._create_in(state_dir, rec, spec, cgroup, seccomp, opts, attached)
+        except BaseException:
+            self._teardown(rec, cgroup)
+            raise
+
+    def _create_in(
+        self,
+        state_dir: str,
+        rec: ContainerRecord,
+        spec: Spec,
+        cgroup: CgroupManager,
+        seccomp: Any,
+        opts: CreateOptions,
+        attached: bool,
+    ) -> Launched:
+        from pysandbox.oci.cgroups import CgroupError
+        from pysandbox.oci.rootfs import RootfsBuilder
+        from pysandbox.oci.spawn import LaunchPlan, launch
+
+        assert spec.process is not None
+        try:
+            cgroup.create()
+            cgroup.apply(effective_resources(spec))
+        except CgroupError as e:
+            raise RuntimeFailure(str(e)) from None
+        fifo = os.path.join(state_dir, EXEC_FIFO)
+        os.mkfifo(fifo, 0o622)
+        fifo_fd = os.open(fifo, os.O_PATH | os.O_CLOEXEC)
+        joins, new_ns = namespace_plan(spec)
+        console_sock: socket.socket | None = None
+        ours: socket.socket | None = None
+        try:
+            if spec.process.terminal:
+                if opts.console_socket:
+                    from pysandbox.oci.console import connect_console_socket
+
+                    console_sock = connect_console_socket(opts.console_socket)
+                else:
+                    ours, console_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            user_ns = spec.linux.namespace("user")
+            rootfs = None
+            mnt = spec.linux.namespace("mount")
+            if mnt is not None and not mnt.path:
+                rootfs = RootfsBuilder(
+                    spec,
+                    cgroup_dirs=cgroup_mount_dirs(cgroup),
+                    cgroup_mode=cgroup.mode,
+                    in_userns=user_ns is not None,
+                    new_cgroupns=bool(new_ns & k.CLONE_NEWCGROUP),
+                )
+            uts = spec.linux.namespace("uts")
+            plan = LaunchPlan(
+                process=spec.process,
+                spec=spec,
+                joins=joins,
+                new_ns=new_ns,
+                uid_mappings=spec.linux.uid_mappings,
+                gid_mappings=spec.linux.gid_mappings,
+                cgroup=cgroup,
+                seccomp=seccomp,
+                rootfs=rootfs,
+                fifo_fd=fifo_fd,
+                console=console_sock,
+                preserve_fds=opts.preserve_fds,
+                no_pivot=opts.no_pivot,
+                hostname=spec.hostname if uts is not None else None,
+                domainname=spec.domainname if uts is not None else None,
+                sysctl=spec.linux.sysctl,
+                personality=spec.linux.personality.domain if spec.linux.personality else None,
+                container_id=rec.id,
+            )
+
+            def on_pid(pid: int) -> None:
+                rec.pid = pid
+                rec.pid_start = process_start_time(pid)
+                self.store.save(rec, partial=True)
+
+            def on_hooks(pid: int) -> bytes:
+                state = self._hook_state(rec, "creating", pid)
+                from pysandbox.oci.hooks import HookError, run_hooks
+
+                try:
+                    run_hooks(spec.hooks.prestart, state, kind="prestart")
+                    run_hooks(spec.hooks.create_runtime, state, kind="createRuntime")
+                except HookError as e:
+                    raise RuntimeFailure(str(e)) from None
+                return state
+
+            launched = launch(plan, on_pid=on_pid, on_hooks=on_hooks)
+        finally:
+            os.close(fifo_fd)
+            if console_sock is not None:
+                console_sock.close()
+        launched.console = ours
+        rec.status = CREATED
+        rec.console_used = spec.process.terminal
+        self.store.save(rec)
+        if opts.pid_file:
+            write_file_atomic(opts.pid_file, str(launched.pid))
+        launched.ack()
+        return launched
+
+    def _hook_state(self, rec: ContainerRecord, status: str, pid: int) -> bytes:
+        doc = {
+            "ociVersion": OCI_VERSION,
+            "id": rec.id,
+            "status": status,
+            "pid": pid,
+            "bundle": rec.bundle,
+            "annotations": rec.annotations,
+        }
+        return json.dumps(doc).encode()
+
+    def _teardown(self, rec: ContainerRecord, cgroup: CgroupManager | None) -> None:
+        """Undo a create that failed half way; must not raise."""
+        if rec.pid and self._alive(rec):
+            with contextlib.suppress(OSError):
+                os.kill(rec.pid, signal.SIGKILL)
+        if cgroup is not None:
+            with contextlib.suppress(Exception):
+                cgroup.destroy()
+        with contextlib.suppress(OSError):
+            self.store.remove(rec.id)
+
+    # --- start ---------------------------------------------------------------------
+    def start(self, cid: str) -> None:
+        with self.store.locked(cid):
+            rec = self.store.load(cid)
+            st = self.status(rec)
+            if st == STOPPED:
+                raise RuntimeFailure("cannot start a container that has stopped")
+            if st != CREATED:
+                raise RuntimeFailure("cannot start an already running container")
+            self._release_fifo(rec)
+        self._run_poststart(rec)
+
+    def _release_fifo(self, rec: ContainerRecord) -> None:
+        path = os.path.join(self.store.dir(rec.id), EXEC_FIFO)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            while True:
+                ready, _, _ = select.select([fd], [], [], 0.05)
+                if ready:
+                    try:
+                        data = os.read(fd, 1)
+                    except BlockingIOError:
+                        data = b""
+                    if data:
+                        break
+                if not self._alive(rec):
+                    raise RuntimeFailure("cannot start a container that has stopped")
+                if not ready:
+                    continue
+                # EOF before the writer arrived: init has not reached the fifo yet.
+                time.sleep(0.001)
+        finally:
+            os.close(fd)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+
+    def _run_poststart(self, rec: ContainerRecord) -> None:
+        hooks = rec.hooks.get("poststart") or []
+        if not hooks:
+            return
+        from pysandbox.oci.hooks import run_hooks
+
+        state = self._hook_state(rec, RUNNING, rec.pid)
+        run_hooks([_hook_from(h) for h in hooks], state, kind="poststart", warn_only=True, warn=self.log.warning)
+
+    # --- kill ----------------------------------------------------------------------
+    def kill(self, cid: str, sig: int, *, all_processes: bool = False) -> None:
+        rec = self.store.load(cid)
+        st = self.status(rec)
+        if st not in (CREATED, RUNNING, PAUSED):
+            raise RuntimeFailure("container not running")
+        if all_processes and rec.cgroup:
+            cg = self._cgroup(rec)
+            cg.kill_all(sig)
+            if st == PAUSED and sig == signal.SIGKILL:
+                cg.thaw()
+            return
+        pidfd = os.pidfd_open(rec.pid)
+        try:
+            # The pidfd pins the process: a recycled pid cannot be signalled by mistake.
+            if process_start_time(rec.pid) != rec.pid_start:
+                raise RuntimeFailure("container not running")
+            try:
+                k.pidfd_send_signal(pidfd, sig)
+            except ProcessLookupError:
+                raise RuntimeFailure("container not running") from None
+        finally:
+            os.close(pidfd)
+
+    # --- delete --------------------------------------------------------------------
+    def delete(self, cid: str, *, force: bool = False) -> None:
+        validate_id(cid)
+        if not self.store.exists(cid):
+            if force:
+                return
+            raise RuntimeFailure("container does not exist")
+        with self.store.locked(cid):
+            try:
+                rec = self.store.load(cid)
+            except RuntimeFailure:
+                # A create killed before it wrote anything: only the directory exists.
+                self.store.remove(cid)
+                return
+            st = self.status(rec)
+            if st in (RUNNING, PAUSED) and not force:
+                raise RuntimeFailure(f"cannot delete container {cid} that is not stopped: {st}")
+            self.destroy(rec)
+
+    def destroy(self, rec: ContainerRecord) -> None:
+        """Kill whatever is left, remove the cgroup, run poststop, drop the state."""
+        cg = self._cgroup(rec) if rec.cgroup else None
+        if rec.pid and self._alive(rec):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(rec.pid, signal.SIGKILL)
+        if cg is not None:
+            with contextlib.suppress(Exception):
+                cg.thaw()
+            with contextlib.suppress(Exception):
+                cg.kill_all(signal.SIGKILL)
+        _wait_gone(rec, 5.0)
+        if cg is not None:
+            try:
+                cg.destroy()
+            except Exception as e:
+                self.log.warning(f"removing cgroup {cg.path}: {e}")
+        if rec.status != CREATING:
+            hooks = rec.hooks.get("poststop") or []
+            if hooks:
+                from pysandbox.oci.hooks import run_hooks
+
+                state = self._hook_state(rec, STOPPED, 0)
+                run_hooks([_hook_from(h) for h in hooks], state, kind="poststop", warn_only=True, warn=self.log.warning)
+        self.store.remove(rec.id)
+
+    # --- pause / resume ------------------------------------------------------------
+    def pause(self, cid: str) -> None:
+        with self.store.locked(cid):
+            rec = self.store.load(cid)
+            st = self.status(rec)
+            if st not in (RUNNING, CREATED):
+                raise RuntimeFailure("container not running")
+            self._cgroup(rec).freeze()
+
+    def resume(self, cid: str) -> None:
+        with self.store.locked(cid):
+            rec = self.store.load(cid)
+            if self.status(rec) != PAUSED:
+                raise RuntimeFailure("container not paused")
+            self._cgroup(rec).thaw()
+
+    # --- run -----------------------------------------------------------------------
+    def run(self, cid: str, opts: CreateOptions, *, detach: bool, keep: bool = False) -> int:
+        if not detach:
+            # Init is stage 1's child; as subreaper we inherit it and can wait for it.
+            k.prctl(k.PR_SET_CHILD_SUBREAPER, 1)
+        launched = self.create(cid, opts, attached=not detach)
+        try:
+            self.start(cid)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self.destroy(self.store.load(cid))
+            raise
+        if detach:
+            return 0
+        rec = self.store.load(cid)
+        try:
+            return wait_foreground(launched, self.log)
+        finally:
+            if not keep:
+                with self.store.locked(cid):
+                    self.destroy(rec)
+
+
+def wait_foreground(launched: Launched, log: Logger) -> int:
+    """Forward signals to the container process and return its exit code."""
+    pid = launched.pid
+    forwarded = (
+        signal.SIGINT,
+        signal.SIGTERM,
+        signal.SIGHUP,
+        signal.SIGQUIT,
+        signal.SIGUSR1,
+        signal.SIGUSR2,
+        signal.SIGWINCH,
+    )
+
+    def forward(signum: int, _frame: object) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signum)
+
+    for s in forwarded:
+        signal.signal(s, forward)
+    if launched.console is not None:
+        from pysandbox.oci.console import proxy_terminal, recv_pty_master
+
+        master, _name = recv_pty_master(launched.console)
+        launched.console.close()
+        signal.signal(signal.SIGWINCH, signal.SIG_DFL)
+        proxy_terminal(master, child_alive=lambda: process_state(pid) not in ("", "Z"))
+        os.close(master)
+    while True:
+        try:
+            got, status = os.waitpid(-1, 0)
+        except InterruptedError:
+            continue
+        except ChildProcessError:
+            log.warning("container process vanished without an exit status")
+            return 255
+        if got == pid:
+            return os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status)
+
+
+def _wait_gone(rec: ContainerRecord, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while rec.pid and process_start_time(rec.pid) == rec.pid_start:
+        if process_state(rec.pid) in ("", "Z", "X"):
+            return
+        if time.monotonic() > deadline:
+            return
+        time.sleep(0.002)
+
+
+def _check_create(spec: Spec, opts: CreateOptions, *, attached: bool) -> None:
+    proc = spec.process
+    if proc is None:
+        raise RuntimeFailure("config.json: process: must be set to create a container")
+    if proc.terminal and not opts.console_socket and not attached:
+        raise RuntimeFailure("cannot allocate tty if runc will detach without setting console socket")
+    if not proc.terminal and opts.console_socket:
+        raise RuntimeFailure("cannot use console socket if runc will not detach or allocate tty")
+    types = {n.type: n for n in spec.linux.namespaces}
+    mnt = types.get("mount")
+    if mnt is None:
+        raise RuntimeFailure("config.json: linux.namespaces: a mount namespace is required")
+    if spec.hostname and "uts" not in types:
+        raise RuntimeFailure("unable to set hostname without a private UTS namespace")
+    if spec.domainname and "uts" not in types:
+        raise RuntimeFailure("unable to set domainname without a private UTS namespace")
+    if "user" in types and not types["user"].path and not spec.linux.uid_mappings:
+        raise RuntimeFailure("config.json: linux.uidMappings: a new user namespace needs uid mappings")
+    for key in spec.linux.sysctl:
+        if key.startswith("net.") and "network" not in types:
+            raise RuntimeFailure(f"sysctl {key!r} is not allowed in the host's network namespace")
+    if opts.preserve_fds < 0:
+        raise RuntimeFailure("--preserve-fds must not be negative")
+
+
+# Devices every container may use, appended after the spec's own rules as runc
+# does: mknod of anything (the node is useless without rw), the standard
+# character devices, ptys and tun.
+_DEFAULT_DEVICE_RULES: tuple[tuple[str, int | None, int | None, str], ...] = (
+    ("c", None, None, "m"),
+    ("b", None, None, "m"),
+    ("c", 1, 3, "rwm"),
+    ("c", 1, 8, "rwm"),
+    ("c", 1, 7, "rwm"),
+    ("c", 5, 0, "rwm"),
+    ("c", 1, 5, "rwm"),
+    ("c", 1, 9, "rwm"),
+    ("c", 5, 1, "rwm"),
+    ("c", 136, None, "rwm"),
+    ("c", 5, 2, "rwm"),
+    ("c", 10, 200, "rwm"),
+)
+
+
+def effective_resources(spec: Spec) -> dict[str, Any]:
+    """linux.resources with the device rules completed: the spec's rules, an
+    allow rule per linux.devices entry, then the defaults."""
+    res = dict(spec.linux.resources or {})
+    rules: list[dict[str, Any]] = list(res.get("devices") or [])
+    for d in spec.linux.devices:
+        rules.append({"allow": True, "type": d.type, "major": d.major, "minor": d.minor, "access": "rwm"})
+    for typ, major, minor, access in _DEFAULT_DEVICE_RULES:
+        rule: dict[str, Any] = {"allow": True, "type": typ, "access": access}
+        if major is not None:
+            rule["major"] = major
+        if minor is not None:
+            rule["minor"] = minor
+        rules.append(rule)
+    res["devices"] = rules
+    return res
+
+
+def namespace_plan(spec: Spec) -> tuple[list[tuple[int, str]], int]:
+    """(namespaces to join, user first; CLONE_NEW* flags to create)."""
+    joins: list[tuple[int, str]] = []
+    new = 0
+    for ns in spec.linux.namespaces:
+        flag = k.NAMESPACES[ns.type][0]
+        if ns.path:
+            if not os.path.exists(ns.path):
+                raise RuntimeFailure(f"namespace {ns.type} path {ns.path}: no such file or directory")
+            joins.append((flag, ns.path))
+        else:
+            new |= flag
+    joins.sort(key=lambda j: 0 if j[0] == k.CLONE_NEWUSER else 1)
+    return joins, new
+
+
+def cgroup_mount_dirs(cgroup: CgroupManager) -> dict[str, str]:
+    """Where the container's cgroup lives in each hierarchy (for the cgroup mount)."""
+    dirs_of: Callable[[], dict[str, str]] | None = getattr(cgroup, "mount_dirs", None)
+    if dirs_of is not None:
+        return dirs_of()
+    return {"": cgroup.main_dir()}
+
+
+def _hook_dict(h: Hook) -> dict[str, Any]:
+    return {"path": h.path, "args": h.args, "env": h.env, "timeout": h.timeout}
+
+
+def _hook_from(d: dict[str, Any]) -> Hook:
+    from pysandbox.oci.config import Hook
+
+    return Hook(path=d["path"], args=list(d.get("args") or []), env=list(d.get("env") or []), timeout=d.get("timeout"))
+
+
+def parse_signal(text: str) -> int:
+    """A signal as number or name (KILL, SIGKILL, 9), as runc accepts it."""
+    t = text.strip().upper()
+    if t.isdigit():
+        num = int(t)
+        if 0 < num < 65:
+            return num
+        raise RuntimeFailure(f"unknown signal {text!r}")
+    if not t.startswith("SIG"):
+        t = "SIG" + t
+    try:
+        return int(signal.Signals[t])
+    except KeyError:
+        raise RuntimeFailure(f"unknown signal {text!r}") from None
+

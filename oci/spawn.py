@@ -1,0 +1,307 @@
+"""Forking the container's processes.
+
+    caller (create / run / exec)
+      └─ stage 1: joins namespaces by path, unshares the new ones (a user
+         namespace first, so the others belong to it), forks stage 2, exits
+           └─ stage 2: becomes the container's process: rootfs, hostname,
+              console, credentials, seccomp; then (create) blocks on the exec
+              fifo until `start`, or (exec) execs at once
+
+Stage 1 exists because a new or joined PID namespace applies only to
+children. Its exit reparents stage 2 to the caller's subreaper (the shim),
+which reaps it: the container's exit status is stage 2's.
+
+The caller talks to both stages over one SEQPACKET socketpair (oci/sync.py);
+stage 2 waits for ``go2`` before speaking, so the caller always hears stage
+1's ``pid`` first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from pysandbox.oci import kernel as k
+from pysandbox.oci import sync
+from pysandbox.oci.log import RuntimeFailure
+
+if TYPE_CHECKING:
+    from pysandbox.oci.cgroups import CgroupManager
+    from pysandbox.oci.config import IdMapping, Process, Spec
+    from pysandbox.oci.rootfs import RootfsBuilder
+    from pysandbox.oci.seccomp import CompiledFilter
+
+
+@dataclass
+class LaunchPlan:
+    process: Process
+    spec: Spec | None = None  # create: the whole config; exec: None
+    joins: list[tuple[int, str]] = field(default_factory=list)  # (CLONE_NEW*, path), user first
+    new_ns: int = 0  # CLONE_NEW* flags to unshare
+    uid_mappings: list[IdMapping] = field(default_factory=list)
+    gid_mappings: list[IdMapping] = field(default_factory=list)
+    cgroup: CgroupManager | None = None
+    seccomp: CompiledFilter | None = None
+    rootfs: RootfsBuilder | None = None
+    fifo_fd: int | None = None
+    console: socket.socket | None = None
+    preserve_fds: int = 0
+    no_pivot: bool = False
+    hostname: str | None = None
+    domainname: str | None = None
+    sysctl: dict[str, str] = field(default_factory=dict)
+    personality: str | None = None
+    wait_ack: bool = True
+    container_id: str = ""
+
+
+@dataclass
+class Launched:
+    pid: int
+    sock: socket.socket
+    console: socket.socket | None = None  # run's own end of the console socket
+
+    def ack(self) -> None:
+        """Let the container process go on (create: to block on the fifo)."""
+        with contextlib.suppress(OSError):
+            sync.send(self.sock, "ack")
+        self.sock.close()
+
+
+def launch(
+    plan: LaunchPlan,
+    *,
+    on_pid: Callable[[int], None] | None = None,
+    on_hooks: Callable[[int], bytes] | None = None,
+) -> Launched:
+    """Fork the two stages; return once stage 2 is ready (and waiting for ack).
+
+    ``on_pid`` runs as soon as the container's host pid is known (to record it
+    for cleanup); ``on_hooks`` runs the runtime-namespace hooks once the
+    mounts exist and returns the state JSON for createContainer hooks.
+    """
+    parent, child = sync.pair()
+    pid1 = os.fork()
+    if pid1 == 0:
+        parent.close()
+        _stage1(plan, child)
+    child.close()
+    init_pid = 0
+    try:
+        if plan.cgroup is not None:
+            plan.cgroup.add_process(pid1)
+        if plan.new_ns & k.CLONE_NEWUSER:
+            sync.expect(parent, "userns")
+            _write_id_maps(pid1, plan.uid_mappings, plan.gid_mappings)
+        sync.send(parent, "go")
+        init_pid = int(sync.expect(parent, "pid")["pid"])
+        _reap(pid1)
+        pid1 = 0
+        if on_pid is not None:
+            on_pid(init_pid)
+        sync.send(parent, "go2")
+        if plan.rootfs is not None:
+            sync.expect(parent, "hooks")
+            state = on_hooks(init_pid) if on_hooks is not None else b"{}"
+            sync.send(parent, "ok", state=state.decode())
+        sync.expect(parent, "ready")
+    except BaseException:
+        for pid in (pid1, init_pid):
+            if pid:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        if pid1:
+            _reap(pid1)
+        parent.close()
+        raise
+    return Launched(init_pid, parent)
+
+
+def _reap(pid: int) -> None:
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, 0)
+
+
+def _write_id_maps(pid: int, uids: list[IdMapping], gids: list[IdMapping]) -> None:
+    def fmt(maps: list[IdMapping]) -> str:
+        return "".join(f"{m.container_id} {m.host_id} {m.size}\n" for m in maps)
+
+    try:
+        with open(f"/proc/{pid}/uid_map", "w") as f:
+            f.write(fmt(uids))
+        with open(f"/proc/{pid}/gid_map", "w") as f:
+            f.write(fmt(gids))
+    except OSError as e:
+        raise RuntimeFailure(f"writing uid/gid mappings: {e.strerror}") from None
+
+
+def _stage1(plan: LaunchPlan, sock: socket.socket) -> None:
+    try:
+        k.prctl(k.PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() == 1:
+            os._exit(1)
+        # Open every path first: joining a mount namespace changes what paths mean.
+        fds = [(flag, os.open(path, os.O_RDONLY | os.O_CLOEXEC)) for flag, path in plan.joins]
+        for flag, fd in fds:
+            try:
+                k.setns(fd, flag)
+            except OSError as e:
+                raise RuntimeFailure(f"joining namespace {_path_of(plan, flag)}: {e.strerror}") from None
+            os.close(fd)
+        if plan.new_ns & k.CLONE_NEWUSER:
+            k.unshare(k.CLONE_NEWUSER)
+            sync.send(sock, "userns")
+        sync.expect(sock, "go")
+        if plan.new_ns & k.CLONE_NEWUSER:
+            os.setresgid(0, 0, 0)
+            os.setresuid(0, 0, 0)
+        rest = plan.new_ns & ~k.CLONE_NEWUSER
+        if rest:
+            try:
+                k.unshare(rest)
+            except OSError as e:
+                raise RuntimeFailure(f"unshare namespaces: {e.strerror}") from None
+        pid2 = os.fork()
+        if pid2 == 0:
+            _stage2(plan, sock)
+        sync.send(sock, "pid", pid=pid2)
+        os._exit(0)
+    except BaseException as e:  # noqa: BLE001 - a forked child must never return
+        sync.child_fail(sock, _describe(e))
+    os._exit(1)
+
+
+def _path_of(plan: LaunchPlan, flag: int) -> str:
+    return next((p for f, p in plan.joins if f == flag), "?")
+
+
+def _describe(e: BaseException) -> str:
+    if os.environ.get("PYSANDBOX_TRACE"):
+        import traceback
+
+        traceback.print_exception(e)
+    if isinstance(e, RuntimeFailure):
+        return str(e)
+    if isinstance(e, OSError):
+        where = f" {e.filename}" if e.filename else ""
+        return f"container init:{where}: {e.strerror or e}"
+    return f"container init: {type(e).__name__}: {e}"
+
+
+def _stage2(plan: LaunchPlan, sock: socket.socket) -> None:
+    try:
+        sync.expect(sock, "go2")
+        process = plan.process
+        # Everything stage 2 will import must be imported now: after pivot_root
+        # the host's file system (and our package) is out of reach.
+        from pysandbox.oci import credentials
+
+        if plan.console is not None:
+            from pysandbox.oci import console  # noqa: F401
+        if plan.spec is not None and (plan.spec.hooks.create_container or plan.spec.hooks.start_container):
+            from pysandbox.oci import hooks  # noqa: F401
+        if plan.seccomp is not None:
+            from pysandbox.oci import seccomp  # noqa: F401
+        if plan.new_ns & k.CLONE_NEWNET:
+            k.set_link_up("lo")
+        if plan.rootfs is not None:
+            plan.rootfs.prepare()
+        if plan.hostname is not None:
+            k.sethostname(plan.hostname)
+        if plan.domainname is not None:
+            k.setdomainname(plan.domainname)
+        for key, value in plan.sysctl.items():
+            _write_sysctl(key, value)
+        if plan.rootfs is not None:
+            sync.send(sock, "hooks")
+            state = sync.expect(sock, "ok")["state"].encode()
+            assert plan.spec is not None
+            if plan.spec.hooks.create_container:
+                from pysandbox.oci.hooks import run_hooks
+
+                run_hooks(plan.spec.hooks.create_container, state, kind="createContainer")
+            plan.rootfs.pivot(no_pivot=plan.no_pivot)
+        if plan.console is not None:
+            _setup_console(plan)
+        if plan.rootfs is not None:
+            plan.rootfs.finish()
+        if plan.personality is not None:
+            credentials.apply_personality(plan.personality)
+        env = credentials.env_dict(process.env)
+        exe = credentials.find_executable(process.args[0], env)
+        load = None
+        if plan.seccomp is not None:
+            compiled = plan.seccomp
+
+            def load() -> None:
+                from pysandbox.oci.seccomp import load_filter
+
+                load_filter(compiled)
+
+        credentials.finalize(process, load_seccomp=load, in_userns=bool(plan.new_ns & k.CLONE_NEWUSER))
+        # Nothing of ours may leak into the workload (CVE-2024-21626 was a leaked fd).
+        k.close_range(3 + plan.preserve_fds, 0xFFFFFFFF, k.CLOSE_RANGE_CLOEXEC)
+        sync.send(sock, "ready")
+        if plan.wait_ack:
+            sync.expect(sock, "ack")
+        if plan.fifo_fd is not None:
+            fd = os.open(f"/proc/self/fd/{plan.fifo_fd}", os.O_WRONLY | os.O_CLOEXEC)
+            os.write(fd, b"0")
+            os.close(fd)
+            if plan.spec is not None and plan.spec.hooks.start_container:
+                from pysandbox.oci.hooks import run_hooks
+
+                state = _state_for_start_hooks(plan)
+                run_hooks(plan.spec.hooks.start_container, state, kind="startContainer")
+        os.execve(exe, process.args, env)
+    except BaseException as e:  # noqa: BLE001 - a forked child must never return
+        sync.child_fail(sock, _describe(e))
+    os._exit(1)
+
+
+def _state_for_start_hooks(plan: LaunchPlan) -> bytes:
+    assert plan.spec is not None
+    spec = plan.spec
+    doc: dict[str, Any] = {
+        "ociVersion": spec.oci_version,
+        "id": plan.container_id,
+        "status": "running",
+        "pid": os.getpid(),
+        "bundle": spec.bundle,
+        "annotations": spec.annotations,
+    }
+    return json.dumps(doc).encode()
+
+
+def _write_sysctl(key: str, value: str) -> None:
+    path = "/proc/sys/" + key.replace(".", "/")
+    try:
+        with open(path, "w") as f:
+            f.write(value)
+    except OSError as e:
+        raise RuntimeFailure(f"write sysctl {key}={value}: {e.strerror}") from None
+
+
+def _setup_console(plan: LaunchPlan) -> None:
+    from pysandbox.oci import console
+
+    assert plan.console is not None
+    master, slave_path = console.open_pty("/dev/ptmx")
+    size = plan.process.console_size
+    if size is not None:
+        console.set_winsize(master, size.height, size.width)
+    console.send_pty_master(plan.console, master, slave_path)
+    plan.console.close()
+    slave = os.open(slave_path, os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+    os.close(master)
+    if plan.rootfs is not None:
+        plan.rootfs.bind_console(slave_path)
+    console.make_controlling_terminal(slave)
+    if slave > 2:
+        os.close(slave)

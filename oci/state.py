@@ -1,0 +1,194 @@
+"""The state store: one directory per container under ``--root``.
+
+Layout of ``<root>/<id>/``:
+
+- ``state.json``  what we know of the container (written atomically);
+- ``exec.fifo``   present while the container is *created*: init blocks
+  opening it for writing until ``start`` opens it for reading;
+- ``lock``        flock'ed by every command that changes the container, so
+  concurrent calls from a shim never interleave.
+
+A directory without ``state.json`` is a create that died half way; ``delete``
+cleans it up from what ``state.json.partial`` recorded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from pysandbox.oci.log import RuntimeFailure
+
+DEFAULT_ROOT = "/run/pysandbox"
+STATE_FILE = "state.json"
+EXEC_FIFO = "exec.fifo"
+LOCK_FILE = "lock"
+
+_ID_RE = re.compile(r"^[\w+\-.]+$")
+
+CREATING = "creating"
+CREATED = "created"
+RUNNING = "running"
+PAUSED = "paused"
+STOPPED = "stopped"
+
+
+def validate_id(container_id: str) -> None:
+    if not container_id or not _ID_RE.match(container_id) or container_id in (".", ".."):
+        raise RuntimeFailure(f"invalid container id format: {container_id}")
+
+
+@dataclass
+class ContainerRecord:
+    """What ``state.json`` holds. ``status`` is only what create recorded;
+    the live status is derived from the process (see ``lifecycle.status``)."""
+
+    id: str
+    bundle: str
+    rootfs: str
+    created_ns: int
+    status: str = CREATING
+    pid: int = 0
+    pid_start: int = 0  # /proc/PID/stat starttime, guards against pid reuse
+    owner: str = ""
+    annotations: dict[str, str] = field(default_factory=dict)
+    cgroup: dict[str, Any] = field(default_factory=dict)
+    # Hooks that run after create returns (poststart, poststop), kept so
+    # start/delete need not re-read a bundle that may be gone by then.
+    hooks: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    namespaces: dict[str, str] = field(default_factory=dict)  # OCI type -> path or "" (new)
+    console_used: bool = False
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> ContainerRecord:
+        data = json.loads(text)
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+
+class StateStore:
+    def __init__(self, root: str) -> None:
+        self.root = os.path.abspath(root)
+
+    def dir(self, container_id: str) -> str:
+        return os.path.join(self.root, container_id)
+
+    def exists(self, container_id: str) -> bool:
+        return os.path.isdir(self.dir(container_id))
+
+    def create_dir(self, container_id: str) -> str:
+        validate_id(container_id)
+        os.makedirs(self.root, mode=0o700, exist_ok=True)
+        path = self.dir(container_id)
+        try:
+            os.mkdir(path, 0o711)
+        except FileExistsError:
+            raise RuntimeFailure(f"container with id exists: {container_id}") from None
+        return path
+
+    def ids(self) -> list[str]:
+        try:
+            names = os.listdir(self.root)
+        except FileNotFoundError:
+            return []
+        return sorted(n for n in names if os.path.isdir(os.path.join(self.root, n)))
+
+    def load(self, container_id: str) -> ContainerRecord:
+        validate_id(container_id)
+        path = os.path.join(self.dir(container_id), STATE_FILE)
+        try:
+            with open(path, encoding="utf-8") as f:
+                return ContainerRecord.from_json(f.read())
+        except FileNotFoundError:
+            partial = path + ".partial"
+            if os.path.exists(partial):
+                with open(partial, encoding="utf-8") as f:
+                    return ContainerRecord.from_json(f.read())
+            raise RuntimeFailure("container does not exist") from None
+        except (ValueError, TypeError) as e:
+            raise RuntimeFailure(f"container state is corrupt: {e}") from None
+
+    def save(self, record: ContainerRecord, *, partial: bool = False) -> None:
+        """Atomically replace the record (write a temp file, then rename)."""
+        name = STATE_FILE + (".partial" if partial else "")
+        final = os.path.join(self.dir(record.id), name)
+        tmp = final + ".tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, record.to_json().encode())
+        finally:
+            os.close(fd)
+        os.rename(tmp, final)
+        if not partial:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(final + ".partial")
+
+    @contextlib.contextmanager
+    def locked(self, container_id: str) -> Iterator[None]:
+        """Hold the container's lock; fails with runc's wording if it is gone."""
+        validate_id(container_id)
+        try:
+            fd = os.open(
+                os.path.join(self.dir(container_id), LOCK_FILE),
+                os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
+                0o600,
+            )
+        except FileNotFoundError:
+            raise RuntimeFailure("container does not exist") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            if not os.path.isdir(self.dir(container_id)):
+                raise RuntimeFailure("container does not exist")
+            yield
+        finally:
+            os.close(fd)
+
+    def remove(self, container_id: str) -> None:
+        path = self.dir(container_id)
+        for name in os.listdir(path) if os.path.isdir(path) else []:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(path, name))
+        with contextlib.suppress(FileNotFoundError):
+            os.rmdir(path)
+
+
+def write_file_atomic(path: str, data: str) -> None:
+    """Write a file the way runc writes --pid-file: temp file then rename."""
+    directory = os.path.dirname(os.path.abspath(path))
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    try:
+        os.write(fd, data.encode())
+    finally:
+        os.close(fd)
+    os.rename(tmp, path)
+
+
+def process_start_time(pid: int) -> int:
+    """Field 22 of /proc/PID/stat (0 if the process is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            raw = f.read()
+    except OSError:
+        return 0
+    rest = raw[raw.rindex(b")") + 2 :].split()
+    return int(rest[19])
+
+
+def process_state(pid: int) -> str:
+    """The one-letter state of /proc/PID/stat ('' if gone)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            raw = f.read()
+    except OSError:
+        return ""
+    return raw[raw.rindex(b")") + 2 :].split()[0].decode()
