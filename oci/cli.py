@@ -37,14 +37,14 @@ class Parsed:
     values: dict[str, str | bool | list[str]] = field(default_factory=dict)
     args: list[str] = field(default_factory=list)
 
-    def str(self, name: str, default: str | None = None) -> str | None:
+    def opt(self, name: str, default: str | None = None) -> str | None:
         v = self.values.get(name)
         return v if isinstance(v, str) else default
 
-    def bool(self, name: str) -> bool:
+    def flag(self, name: str) -> bool:
         return bool(self.values.get(name, False))
 
-    def list(self, name: str) -> list[str]:
+    def many(self, name: str) -> list[str]:
         v = self.values.get(name)
         return v if isinstance(v, list) else []
 
@@ -87,7 +87,11 @@ def parse_flags(flags: Sequence[Flag], argv: Sequence[str]) -> Parsed:
 
 
 GLOBAL_FLAGS = (
-    Flag(("root",), True, help=f"root directory for storage of container state (default: {DEFAULT_ROOT})"),
+    Flag(
+        ("root",),
+        True,
+        help=f"root directory for storage of container state (default: {DEFAULT_ROOT})",
+    ),
     Flag(("log",), True, help="set the log file to write runtime logs to (default: stderr)"),
     Flag(("log-format",), True, help="set the log format ('text' (default), or 'json')"),
     Flag(("debug",), help="enable debug logging"),
@@ -105,7 +109,11 @@ _CREATE_FLAGS = (
     Flag(("no-pivot",), help="do not use pivot_root (for a rootfs on a ramdisk)"),
     Flag(("no-new-keyring",), help="do not create a new session keyring"),
     Flag(("preserve-fds",), True, help="pass N additional file descriptors to the container"),
-    Flag(("pidfd-socket",), True, help="AF_UNIX socket that receives a pidfd of the container process"),
+    Flag(
+        ("pidfd-socket",),
+        True,
+        help="AF_UNIX socket that receives a pidfd of the container process",
+    ),
 )
 
 COMMANDS: dict[str, tuple[str, tuple[Flag, ...], str]] = {
@@ -129,7 +137,12 @@ COMMANDS: dict[str, tuple[str, tuple[Flag, ...], str]] = {
     ),
     "delete": (
         "delete any resources held by the container",
-        (Flag(("force", "f"), help="forcibly delete the container if it is still running (SIGKILL)"),),
+        (
+            Flag(
+                ("force", "f"),
+                help="forcibly delete the container if it is still running (SIGKILL)",
+            ),
+        ),
         "<container-id>",
     ),
     "list": (
@@ -173,7 +186,9 @@ COMMANDS: dict[str, tuple[str, tuple[Flag, ...], str]] = {
     "update": (
         "update container resource constraints",
         (
-            Flag(("resources", "r"), True, help="path to a file with resources JSON, or - for stdin"),
+            Flag(
+                ("resources", "r"), True, help="path to a file with resources JSON, or - for stdin"
+            ),
             Flag(("blkio-weight",), True),
             Flag(("cpu-period",), True),
             Flag(("cpu-quota",), True),
@@ -253,7 +268,9 @@ def usage(command: str | None = None) -> str:
 
 
 def _flag_line(f: Flag) -> str:
-    names = ", ".join(("--" if len(n) > 1 else "-") + n + (" value" if f.takes_value else "") for n in f.names)
+    names = ", ".join(
+        ("--" if len(n) > 1 else "-") + n + (" value" if f.takes_value else "") for n in f.names
+    )
     return f"   {names:<34}{f.help}"
 
 
@@ -265,11 +282,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as e:
         log.error(str(e))
         return 1
-    log = Logger(g.str("log"), g.str("log-format", "text") or "text", g.bool("debug"))
-    if g.bool("version"):
+    log = Logger(g.opt("log"), g.opt("log-format", "text") or "text", g.flag("debug"))
+    if g.flag("version"):
         sys.stdout.write(version_text())
         return 0
-    if not g.args or g.bool("help"):
+    if not g.args or g.flag("help"):
         if g.args and g.args[0] in COMMANDS:
             sys.stdout.write(usage(g.args[0]))
         else:
@@ -282,8 +299,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command not in COMMANDS:
         log.error(f"No help topic for '{command}'")
         return 3
-    if g.str("log-format", "text") not in ("text", "json"):
-        log.error(f"invalid log-format: {g.str('log-format')}")
+    if g.opt("log-format", "text") not in ("text", "json"):
+        log.error(f"invalid log-format: {g.opt('log-format')}")
         return 1
     _, flags, _ = COMMANDS[command]
     try:
@@ -292,14 +309,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.write(f"Incorrect Usage: {e}\n\n" + usage(command))
         log.error(str(e))
         return 1
-    if p.bool("help"):
+    if p.flag("help"):
         sys.stdout.write(usage(command))
         return 0
     if command in _EXACT_ONE and len(p.args) != 1:
         sys.stderr.write("Incorrect Usage.\n\n" + usage(command))
         log.error(f'pysandbox: "{command}" requires exactly 1 argument(s)')
         return 1
-    root = g.str("root", os.environ.get("PYSANDBOX_ROOT", DEFAULT_ROOT)) or DEFAULT_ROOT
+    root = g.opt("root", os.environ.get("PYSANDBOX_ROOT", DEFAULT_ROOT)) or DEFAULT_ROOT
     try:
         handler = _HANDLERS[command]
         return handler(root, log, g, p)
@@ -319,24 +336,24 @@ Handler = Callable[[str, Logger, Parsed, Parsed], int]
 def _runtime(root: str, log: Logger, g: Parsed) -> object:
     from pysandbox.oci.lifecycle import Runtime
 
-    return Runtime(root, log, systemd_cgroup=g.bool("systemd-cgroup"))
+    return Runtime(root, log, systemd_cgroup=g.flag("systemd-cgroup"))
 
 
 def _create_opts(p: Parsed) -> object:
     from pysandbox.oci.lifecycle import CreateOptions
 
-    pf = p.str("pid-file")
+    pf = p.opt("pid-file")
     return CreateOptions(
-        bundle=os.path.abspath(p.str("bundle") or "."),
+        bundle=os.path.abspath(p.opt("bundle") or "."),
         pid_file=os.path.abspath(pf) if pf else None,
-        console_socket=p.str("console-socket"),
-        no_pivot=p.bool("no-pivot"),
+        console_socket=p.opt("console-socket"),
+        no_pivot=p.flag("no-pivot"),
         preserve_fds=_int_flag(p, "preserve-fds", 0),
     )
 
 
 def _int_flag(p: Parsed, name: str, default: int) -> int:
-    v = p.str(name)
+    v = p.opt(name)
     if v is None:
         return default
     try:
@@ -363,7 +380,7 @@ def _cmd_run(root: str, log: Logger, g: Parsed, p: Parsed) -> int:
     assert isinstance(rt, Runtime)
     opts = _create_opts(p)
     assert isinstance(opts, CreateOptions)
-    return rt.run(p.args[0], opts, detach=p.bool("detach"), keep=p.bool("keep"))
+    return rt.run(p.args[0], opts, detach=p.flag("detach"), keep=p.flag("keep"))
 
 
 def _simple(method: str) -> Handler:
@@ -389,11 +406,13 @@ def _cmd_kill(root: str, log: Logger, g: Parsed, p: Parsed) -> int:
 
     if len(p.args) not in (1, 2):
         sys.stderr.write("Incorrect Usage.\n\n" + usage("kill"))
-        raise RuntimeFailure('pysandbox: "kill" requires a minimum of 1 and a maximum of 2 argument(s)')
+        raise RuntimeFailure(
+            'pysandbox: "kill" requires a minimum of 1 and a maximum of 2 argument(s)'
+        )
     rt = _runtime(root, log, g)
     assert isinstance(rt, Runtime)
     sig = parse_signal(p.args[1] if len(p.args) == 2 else "SIGTERM")
-    rt.kill(p.args[0], sig, all_processes=p.bool("all"))
+    rt.kill(p.args[0], sig, all_processes=p.flag("all"))
     return 0
 
 
@@ -402,14 +421,16 @@ def _cmd_delete(root: str, log: Logger, g: Parsed, p: Parsed) -> int:
 
     rt = _runtime(root, log, g)
     assert isinstance(rt, Runtime)
-    rt.delete(p.args[0], force=p.bool("force"))
+    rt.delete(p.args[0], force=p.flag("force"))
     return 0
 
 
 def _cmd_list(root: str, log: Logger, g: Parsed, p: Parsed) -> int:
     from pysandbox.oci.listing import list_containers
 
-    sys.stdout.write(list_containers(root, log, fmt=p.str("format", "table") or "table", quiet=p.bool("quiet")))
+    sys.stdout.write(
+        list_containers(root, log, fmt=p.opt("format", "table") or "table", quiet=p.flag("quiet"))
+    )
     return 0
 
 
@@ -419,7 +440,9 @@ def _cmd_ps(root: str, log: Logger, g: Parsed, p: Parsed) -> int:
     if not p.args:
         sys.stderr.write("Incorrect Usage.\n\n" + usage("ps"))
         raise RuntimeFailure('pysandbox: "ps" requires a minimum of 1 argument(s)')
-    sys.stdout.write(ps(root, log, p.args[0], fmt=p.str("format", "table") or "table", ps_args=p.args[1:]))
+    sys.stdout.write(
+        ps(root, log, p.args[0], fmt=p.opt("format", "table") or "table", ps_args=p.args[1:])
+    )
     return 0
 
 
@@ -442,7 +465,9 @@ def _cmd_update(root: str, log: Logger, g: Parsed, p: Parsed) -> int:
 def _cmd_events(root: str, log: Logger, g: Parsed, p: Parsed) -> int:
     from pysandbox.oci.resources import events
 
-    return events(root, log, p.args[0], stats_only=p.bool("stats"), interval=p.str("interval", "5s") or "5s")
+    return events(
+        root, log, p.args[0], stats_only=p.flag("stats"), interval=p.opt("interval", "5s") or "5s"
+    )
 
 
 def _cmd_spec(root: str, log: Logger, g: Parsed, p: Parsed) -> int:
@@ -450,9 +475,9 @@ def _cmd_spec(root: str, log: Logger, g: Parsed, p: Parsed) -> int:
 
     from pysandbox.oci.specgen import default_spec, write_spec
 
-    bundle = Path(p.str("bundle") or ".")
+    bundle = Path(p.opt("bundle") or ".")
     try:
-        write_spec(bundle, default_spec(rootless=p.bool("rootless")))
+        write_spec(bundle, default_spec(rootless=p.flag("rootless")))
     except FileExistsError as e:
         raise RuntimeFailure(str(e)) from None
     return 0
@@ -475,10 +500,10 @@ def _cmd_bundle(root: str, log: Logger, g: Parsed, p: Parsed) -> int:
     if not p.args:
         raise RuntimeFailure('pysandbox: "bundle" requires a directory argument')
     target = Path(p.args[0])
-    if (target / "config.json").exists() and not p.bool("force"):
+    if (target / "config.json").exists() and not p.flag("force"):
         sys.stdout.write(f"{target}/config.json exists; keeping it\n")
         return 0
-    if p.bool("force"):
+    if p.flag("force"):
         (target / "config.json").unlink(missing_ok=True)
     path = write_bundle(target, p.args[1:] or None)
     sys.stdout.write(f"wrote {path}\n")

@@ -145,7 +145,9 @@ def finalize(
     try:
         os.chdir(process.cwd)
     except OSError as e:
-        raise RuntimeFailure(f"chdir to cwd ({process.cwd!r}) set in config.json failed: {e.strerror}") from None
+        raise RuntimeFailure(
+            f"chdir to cwd ({process.cwd!r}) set in config.json failed: {e.strerror}"
+        ) from None
     if process.no_new_privileges:
         k.prctl(k.PR_SET_NO_NEW_PRIVS, 1)
     if load_seccomp is not None and not process.no_new_privileges:

@@ -12,7 +12,6 @@ from __future__ import annotations
 from typing import Any, Final
 
 from pysandbox import OCI_VERSION, __version__
-
 from pysandbox.oci import kernel
 
 OCI_VERSION_MIN: Final = "1.0.0"

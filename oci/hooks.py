@@ -36,8 +36,9 @@ __all__ = ["HookError", "HookLike", "run_hook", "run_hooks"]
 
 # Keep at most this much of each output stream (the tail is what matters).
 _OUTPUT_CAP: Final = 64 * 1024
-# Lines of output quoted in an error message.
+# Lines of output quoted in an error message, and at most this many characters.
 _TAIL_LINES: Final = 2
+_TAIL_CHARS: Final = 512
 _READ_CHUNK: Final = 65536
 
 
@@ -82,7 +83,9 @@ def _tail(data: bytes) -> str:
     text = data.decode("utf-8", "replace").strip()
     if not text:
         return ""
-    return " / ".join(line.rstrip() for line in text.splitlines()[-_TAIL_LINES:])
+    tail = " / ".join(line.strip() for line in text.splitlines()[-_TAIL_LINES:])
+    tail = "".join(ch if ch.isprintable() else "?" for ch in tail[-_TAIL_CHARS:])
+    return tail if len(tail) < _TAIL_CHARS else "..." + tail[3:]
 
 
 def _append(buf: bytearray, chunk: bytes) -> None:
@@ -140,6 +143,8 @@ def run_hook(hook: HookLike, state: bytes, *, kind: str, index: int) -> None:
         )
     except OSError as exc:
         raise fail(f"exec failed: {exc.strerror or exc}") from None
+    except ValueError as exc:  # e.g. a NUL byte in path, args or env
+        raise fail(f"exec failed: {exc}") from None
 
     assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
     in_fd, out_fd, err_fd = proc.stdin.fileno(), proc.stdout.fileno(), proc.stderr.fileno()

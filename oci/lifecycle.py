@@ -114,7 +114,9 @@ class Runtime:
         try:
             spec = load_bundle(opts.bundle)
         except ConfigError as e:
-            raise RuntimeFailure(f"config.json: {e}" if not str(e).startswith("bundle") else str(e)) from None
+            raise RuntimeFailure(
+                f"config.json: {e}" if not str(e).startswith("bundle") else str(e)
+            ) from None
         _check_create(spec, opts, attached=attached)
         if self.systemd_cgroup:
             raise RuntimeFailure(
@@ -132,7 +134,9 @@ class Runtime:
             from pysandbox.oci.seccomp import SeccompError, compile_cached
 
             try:
-                seccomp = compile_cached(spec.linux.seccomp, os.path.join(self.store.root, ".cache"))
+                seccomp = compile_cached(
+                    spec.linux.seccomp, os.path.join(self.store.root, ".cache")
+                )
             except SeccompError as e:
                 raise RuntimeFailure(str(e)) from None
 
@@ -177,6 +181,9 @@ class Runtime:
             cgroup.apply(effective_resources(spec))
         except CgroupError as e:
             raise RuntimeFailure(str(e)) from None
+        # exec needs the container's process and seccomp profile; the bundle
+        # may be gone by then, so keep a copy.
+        write_file_atomic(os.path.join(state_dir, "config.json"), json.dumps(spec.raw))
         fifo = os.path.join(state_dir, EXEC_FIFO)
         os.mkfifo(fifo, 0o622)
         fifo_fd = os.open(fifo, os.O_PATH | os.O_CLOEXEC)
@@ -319,7 +326,13 @@ class Runtime:
         from pysandbox.oci.hooks import run_hooks
 
         state = self._hook_state(rec, RUNNING, rec.pid)
-        run_hooks([_hook_from(h) for h in hooks], state, kind="poststart", warn_only=True, warn=self.log.warning)
+        run_hooks(
+            [_hook_from(h) for h in hooks],
+            state,
+            kind="poststart",
+            warn_only=True,
+            warn=self.log.warning,
+        )
 
     # --- kill ----------------------------------------------------------------------
     def kill(self, cid: str, sig: int, *, all_processes: bool = False) -> None:
@@ -387,7 +400,13 @@ class Runtime:
                 from pysandbox.oci.hooks import run_hooks
 
                 state = self._hook_state(rec, STOPPED, 0)
-                run_hooks([_hook_from(h) for h in hooks], state, kind="poststop", warn_only=True, warn=self.log.warning)
+                run_hooks(
+                    [_hook_from(h) for h in hooks],
+                    state,
+                    kind="poststop",
+                    warn_only=True,
+                    warn=self.log.warning,
+                )
         self.store.remove(rec.id)
 
     # --- pause / resume ------------------------------------------------------------
@@ -465,7 +484,11 @@ def wait_foreground(launched: Launched, log: Logger) -> int:
             log.warning("container process vanished without an exit status")
             return 255
         if got == pid:
-            return os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status)
+            return (
+                os.waitstatus_to_exitcode(status)
+                if os.WIFEXITED(status)
+                else 128 + os.WTERMSIG(status)
+            )
 
 
 def _wait_gone(rec: ContainerRecord, timeout: float) -> None:
@@ -483,7 +506,9 @@ def _check_create(spec: Spec, opts: CreateOptions, *, attached: bool) -> None:
     if proc is None:
         raise RuntimeFailure("config.json: process: must be set to create a container")
     if proc.terminal and not opts.console_socket and not attached:
-        raise RuntimeFailure("cannot allocate tty if runc will detach without setting console socket")
+        raise RuntimeFailure(
+            "cannot allocate tty if runc will detach without setting console socket"
+        )
     if not proc.terminal and opts.console_socket:
         raise RuntimeFailure("cannot use console socket if runc will not detach or allocate tty")
     types = {n.type: n for n in spec.linux.namespaces}
@@ -495,7 +520,9 @@ def _check_create(spec: Spec, opts: CreateOptions, *, attached: bool) -> None:
     if spec.domainname and "uts" not in types:
         raise RuntimeFailure("unable to set domainname without a private UTS namespace")
     if "user" in types and not types["user"].path and not spec.linux.uid_mappings:
-        raise RuntimeFailure("config.json: linux.uidMappings: a new user namespace needs uid mappings")
+        raise RuntimeFailure(
+            "config.json: linux.uidMappings: a new user namespace needs uid mappings"
+        )
     for key in spec.linux.sysctl:
         if key.startswith("net.") and "network" not in types:
             raise RuntimeFailure(f"sysctl {key!r} is not allowed in the host's network namespace")
@@ -528,7 +555,9 @@ def effective_resources(spec: Spec) -> dict[str, Any]:
     res = dict(spec.linux.resources or {})
     rules: list[dict[str, Any]] = list(res.get("devices") or [])
     for d in spec.linux.devices:
-        rules.append({"allow": True, "type": d.type, "major": d.major, "minor": d.minor, "access": "rwm"})
+        rules.append(
+            {"allow": True, "type": d.type, "major": d.major, "minor": d.minor, "access": "rwm"}
+        )
     for typ, major, minor, access in _DEFAULT_DEVICE_RULES:
         rule: dict[str, Any] = {"allow": True, "type": typ, "access": access}
         if major is not None:
@@ -548,7 +577,9 @@ def namespace_plan(spec: Spec) -> tuple[list[tuple[int, str]], int]:
         flag = k.NAMESPACES[ns.type][0]
         if ns.path:
             if not os.path.exists(ns.path):
-                raise RuntimeFailure(f"namespace {ns.type} path {ns.path}: no such file or directory")
+                raise RuntimeFailure(
+                    f"namespace {ns.type} path {ns.path}: no such file or directory"
+                )
             joins.append((flag, ns.path))
         else:
             new |= flag
@@ -571,7 +602,12 @@ def _hook_dict(h: Hook) -> dict[str, Any]:
 def _hook_from(d: dict[str, Any]) -> Hook:
     from pysandbox.oci.config import Hook
 
-    return Hook(path=d["path"], args=list(d.get("args") or []), env=list(d.get("env") or []), timeout=d.get("timeout"))
+    return Hook(
+        path=d["path"],
+        args=list(d.get("args") or []),
+        env=list(d.get("env") or []),
+        timeout=d.get("timeout"),
+    )
 
 
 def parse_signal(text: str) -> int:
@@ -588,4 +624,3 @@ def parse_signal(text: str) -> int:
         return int(signal.Signals[t])
     except KeyError:
         raise RuntimeFailure(f"unknown signal {text!r}") from None
-

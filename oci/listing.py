@@ -9,7 +9,7 @@ import subprocess
 from collections.abc import Sequence
 
 from pysandbox.oci.lifecycle import Runtime
-from pysandbox.oci.log import Logger, RuntimeFailure, rfc3339_nano
+from pysandbox.oci.log import Logger, RuntimeFailure
 from pysandbox.oci.state import STOPPED
 
 
@@ -31,7 +31,8 @@ def tabwrite(rows: Sequence[Sequence[str]], *, minwidth: int = 12, padding: int 
         return ""
     ncols = max(len(r) for r in rows)
     widths = [
-        max(minwidth, max(len(r[c]) for r in rows if c < len(r)) + padding) for c in range(ncols - 1)
+        max(minwidth, max(len(r[c]) for r in rows if c < len(r)) + padding)
+        for c in range(ncols - 1)
     ]
     out = []
     for r in rows:
@@ -59,9 +60,7 @@ def list_containers(root: str, log: Logger, *, fmt: str, quiet: bool) -> str:
         raise RuntimeFailure(f"invalid format option: {fmt}")
     rows = [["ID", "PID", "STATUS", "BUNDLE", "CREATED", "OWNER"]]
     for d in docs:
-        rows.append(
-            [d["id"], str(d["pid"]), d["status"], d["bundle"], d["created"], d["owner"]]
-        )
+        rows.append([d["id"], str(d["pid"]), d["status"], d["bundle"], d["created"], d["owner"]])
     return tabwrite(rows)
 
 

@@ -134,9 +134,7 @@ class RootfsBuilder:
         self.cgroup_mode = cgroup_mode
         self.in_userns = in_userns
         self.new_cgroupns = new_cgroupns
-        self.dev_is_bind = any(
-            _norm(m.destination) == "/dev" and _is_bind(m) for m in spec.mounts
-        )
+        self.dev_is_bind = any(_norm(m.destination) == "/dev" and _is_bind(m) for m in spec.mounts)
 
     # --- before pivot --------------------------------------------------------
     def prepare(self) -> None:
@@ -177,7 +175,11 @@ class RootfsBuilder:
                     if is_dir:
                         os.mkdir(rel, 0o755, dir_fd=rootfd)
                     else:
-                        os.close(os.open(rel, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o644, dir_fd=rootfd))
+                        os.close(
+                            os.open(
+                                rel, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o644, dir_fd=rootfd
+                            )
+                        )
                 except (FileExistsError, IsADirectoryError):
                     pass
                 except OSError as e:
@@ -185,7 +187,11 @@ class RootfsBuilder:
                     if e.errno not in (errno.EEXIST, errno.ELOOP):
                         raise
             fd = k.openat2(
-                rootfd, rel or ".", os.O_PATH | os.O_CLOEXEC, 0, k.RESOLVE_IN_ROOT | k.RESOLVE_NO_MAGICLINKS
+                rootfd,
+                rel or ".",
+                os.O_PATH | os.O_CLOEXEC,
+                0,
+                k.RESOLVE_IN_ROOT | k.RESOLVE_NO_MAGICLINKS,
             )
         finally:
             os.close(rootfd)
@@ -210,7 +216,9 @@ class RootfsBuilder:
             except FileNotFoundError:
                 pass
             parent = "/".join(parts[:i]) or "."
-            pfd = k.openat2(rootfd, parent, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, 0, k.RESOLVE_IN_ROOT)
+            pfd = k.openat2(
+                rootfd, parent, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, 0, k.RESOLVE_IN_ROOT
+            )
             try:
                 real = os.readlink(f"/proc/self/fd/{pfd}")
                 with contextlib.suppress(FileExistsError):
@@ -289,7 +297,9 @@ class RootfsBuilder:
                     pass
                 k.mount(dev.path, target, None, k.MS_BIND)
                 continue
-            kind = {"c": stat.S_IFCHR, "u": stat.S_IFCHR, "b": stat.S_IFBLK, "p": stat.S_IFIFO}[dev.type]
+            kind = {"c": stat.S_IFCHR, "u": stat.S_IFCHR, "b": stat.S_IFBLK, "p": stat.S_IFIFO}[
+                dev.type
+            ]
             old = os.umask(0)
             try:
                 os.mknod(target, kind | mode, os.makedev(dev.major, dev.minor))

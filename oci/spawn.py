@@ -152,7 +152,9 @@ def _stage1(plan: LaunchPlan, sock: socket.socket) -> None:
             try:
                 k.setns(fd, flag)
             except OSError as e:
-                raise RuntimeFailure(f"joining namespace {_path_of(plan, flag)}: {e.strerror}") from None
+                raise RuntimeFailure(
+                    f"joining namespace {_path_of(plan, flag)}: {e.strerror}"
+                ) from None
             os.close(fd)
         if plan.new_ns & k.CLONE_NEWUSER:
             k.unshare(k.CLONE_NEWUSER)
@@ -172,7 +174,7 @@ def _stage1(plan: LaunchPlan, sock: socket.socket) -> None:
             _stage2(plan, sock)
         sync.send(sock, "pid", pid=pid2)
         os._exit(0)
-    except BaseException as e:  # noqa: BLE001 - a forked child must never return
+    except BaseException as e:
         sync.child_fail(sock, _describe(e))
     os._exit(1)
 
@@ -204,7 +206,9 @@ def _stage2(plan: LaunchPlan, sock: socket.socket) -> None:
 
         if plan.console is not None:
             from pysandbox.oci import console  # noqa: F401
-        if plan.spec is not None and (plan.spec.hooks.create_container or plan.spec.hooks.start_container):
+        if plan.spec is not None and (
+            plan.spec.hooks.create_container or plan.spec.hooks.start_container
+        ):
             from pysandbox.oci import hooks  # noqa: F401
         if plan.seccomp is not None:
             from pysandbox.oci import seccomp  # noqa: F401
@@ -244,7 +248,9 @@ def _stage2(plan: LaunchPlan, sock: socket.socket) -> None:
 
                 load_filter(compiled)
 
-        credentials.finalize(process, load_seccomp=load, in_userns=bool(plan.new_ns & k.CLONE_NEWUSER))
+        credentials.finalize(
+            process, load_seccomp=load, in_userns=bool(plan.new_ns & k.CLONE_NEWUSER)
+        )
         # Nothing of ours may leak into the workload (CVE-2024-21626 was a leaked fd).
         k.close_range(3 + plan.preserve_fds, 0xFFFFFFFF, k.CLOSE_RANGE_CLOEXEC)
         sync.send(sock, "ready")
@@ -260,7 +266,7 @@ def _stage2(plan: LaunchPlan, sock: socket.socket) -> None:
                 state = _state_for_start_hooks(plan)
                 run_hooks(plan.spec.hooks.start_container, state, kind="startContainer")
         os.execve(exe, process.args, env)
-    except BaseException as e:  # noqa: BLE001 - a forked child must never return
+    except BaseException as e:
         sync.child_fail(sock, _describe(e))
     os._exit(1)
 

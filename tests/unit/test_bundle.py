@@ -9,6 +9,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+
 from pysandbox.oci.bundle import BundleError, make_busybox_rootfs, write_bundle
 from pysandbox.oci.config import load_bundle
 

@@ -133,6 +133,11 @@ def test_missing_binary() -> None:
     )
 
 
+def test_nul_byte_is_a_hook_error() -> None:
+    with pytest.raises(HookError, match=r"exec failed: .*null"):
+        run_hook(Hook("/bin/true", ["true"], ["A=b\0c"]), STATE, kind="prestart", index=0)
+
+
 def test_not_executable(tmp_path: Path) -> None:
     script = tmp_path / "noexec"
     script.write_text("#!/bin/sh\n")
@@ -144,7 +149,7 @@ def test_not_executable(tmp_path: Path) -> None:
 def test_first_failure_stops_the_rest(tmp_path: Path) -> None:
     log = tmp_path / "log"
     hooks = [sh(f"echo a >> {log}"), sh("exit 7"), sh(f"echo c >> {log}")]
-    with pytest.raises(HookError, match="prestart hook #1 .*exit status 7"):
+    with pytest.raises(HookError, match=r"prestart hook #1 .*exit status 7"):
         run_hooks(hooks, STATE, kind="prestart")
     assert log.read_text().split() == ["a"]
 
@@ -181,8 +186,10 @@ def test_large_state_is_delivered_whole(tmp_path: Path) -> None:
 def test_large_output_does_not_block() -> None:
     # More than a pipe buffer on both streams, then a failure: the tail is kept.
     hook = sh("head -c 1000000 /dev/zero; head -c 1000000 /dev/zero >&2; echo last >&2; exit 4")
-    with pytest.raises(HookError, match="exit status 4: .*last"):
+    with pytest.raises(HookError, match=r"exit status 4: .*last") as info:
         run_hook(hook, STATE, kind="prestart", index=0)
+    assert len(str(info.value)) < 600
+    assert "\0" not in str(info.value)
 
 
 def test_works_with_config_hook_type() -> None:

@@ -15,10 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from pysandbox.oci import kernel
 from pysandbox.oci import seccomp as sc
 
-SPECS = Path("/work/shared/reference/specs")
+SPECS = Path(__file__).resolve().parents[3] / "shared" / "reference" / "specs"
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
+
 from pysandbox.oci.config import Namespace, parse_spec
 from pysandbox.oci.specgen import default_spec, write_spec
 
