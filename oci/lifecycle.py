@@ -178,6 +178,9 @@ class Runtime:
         assert spec.process is not None
         try:
             cgroup.create()
+            # Record which directories create() made, so delete removes them.
+            rec.cgroup = cgroup.to_dict()
+            self.store.save(rec, partial=True)
             cgroup.apply(effective_resources(spec))
         except CgroupError as e:
             raise RuntimeFailure(str(e)) from None
