@@ -13,10 +13,10 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 
 from pysandbox import OCI_VERSION, __version__
 from pysandbox.oci.log import Logger, RuntimeFailure
+from pysandbox.oci.records import field, record
 from pysandbox.oci.state import DEFAULT_ROOT
 
 
@@ -24,7 +24,7 @@ class UsageError(Exception):
     pass
 
 
-@dataclass(frozen=True)
+@record
 class Flag:
     names: tuple[str, ...]
     takes_value: bool = False
@@ -32,7 +32,7 @@ class Flag:
     help: str = ""
 
 
-@dataclass
+@record
 class Parsed:
     values: dict[str, str | bool | list[str]] = field(default_factory=dict)
     args: list[str] = field(default_factory=list)
@@ -233,6 +233,7 @@ COMMANDS: dict[str, tuple[str, tuple[Flag, ...], str]] = {
 }
 
 _EXACT_ONE = {"create", "start", "run", "state", "delete", "pause", "resume", "update", "events"}
+_EXACT_ZERO = {"list", "spec", "features"}
 
 
 def version_text() -> str:
@@ -315,6 +316,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command in _EXACT_ONE and len(p.args) != 1:
         sys.stderr.write("Incorrect Usage.\n\n" + usage(command))
         log.error(f'pysandbox: "{command}" requires exactly 1 argument(s)')
+        return 1
+    if command in _EXACT_ZERO and p.args:
+        # runc refuses stray arguments here; `spec x` must not silently write ./config.json.
+        sys.stderr.write("Incorrect Usage.\n\n" + usage(command))
+        log.error(f'pysandbox: "{command}" requires exactly 0 argument(s)')
         return 1
     root = g.opt("root", os.environ.get("PYSANDBOX_ROOT", DEFAULT_ROOT)) or DEFAULT_ROOT
     try:
@@ -406,9 +412,8 @@ def _cmd_kill(root: str, log: Logger, g: Parsed, p: Parsed) -> int:
 
     if len(p.args) not in (1, 2):
         sys.stderr.write("Incorrect Usage.\n\n" + usage("kill"))
-        raise RuntimeFailure(
-            'pysandbox: "kill" requires a minimum of 1 and a maximum of 2 argument(s)'
-        )
+        bound = "a minimum of 1" if not p.args else "a maximum of 2"
+        raise RuntimeFailure(f'pysandbox: "kill" requires {bound} argument(s)')
     rt = _runtime(root, log, g)
     assert isinstance(rt, Runtime)
     sig = parse_signal(p.args[1] if len(p.args) == 2 else "SIGTERM")

@@ -14,8 +14,12 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
-from typing import Any
+
+from pysandbox.oci.records import field, record
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 
 class ConfigError(Exception):
@@ -32,7 +36,7 @@ class ConfigError(Exception):
 # inspect.signature at import time, which is a measurable part of start-up.
 
 
-@dataclass(slots=True)
+@record
 class Root:
     """root: the container's root filesystem (path made absolute)."""
 
@@ -40,7 +44,7 @@ class Root:
     readonly: bool = False
 
 
-@dataclass(slots=True)
+@record
 class ConsoleSize:
     """process.consoleSize: the initial terminal size."""
 
@@ -48,7 +52,7 @@ class ConsoleSize:
     width: int
 
 
-@dataclass(slots=True)
+@record
 class User:
     """process.user: the ids the process runs as."""
 
@@ -59,7 +63,7 @@ class User:
     username: str | None = None
 
 
-@dataclass(slots=True)
+@record
 class Capabilities:
     """process.capabilities: the five capability sets, by name."""
 
@@ -70,7 +74,7 @@ class Capabilities:
     ambient: list[str] = field(default_factory=list)
 
 
-@dataclass(slots=True)
+@record
 class Rlimit:
     """process.rlimits[]: one resource limit."""
 
@@ -79,7 +83,7 @@ class Rlimit:
     hard: int
 
 
-@dataclass(slots=True)
+@record
 class Process:
     """process: what to run (also the `exec --process` document)."""
 
@@ -98,7 +102,7 @@ class Process:
     raw: dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass(slots=True)
+@record
 class Mount:
     """mounts[]: one mount, in order."""
 
@@ -108,7 +112,7 @@ class Mount:
     options: list[str] = field(default_factory=list)
 
 
-@dataclass(slots=True)
+@record
 class Hook:
     """hooks.*[]: one hook command."""
 
@@ -118,7 +122,7 @@ class Hook:
     timeout: int | None = None
 
 
-@dataclass(slots=True)
+@record
 class Hooks:
     """hooks: the commands run at each lifecycle point."""
 
@@ -130,7 +134,7 @@ class Hooks:
     poststop: list[Hook] = field(default_factory=list)
 
 
-@dataclass(slots=True)
+@record
 class Namespace:
     """linux.namespaces[]: a namespace to create, or join when path is set."""
 
@@ -138,7 +142,7 @@ class Namespace:
     path: str | None = None
 
 
-@dataclass(slots=True)
+@record
 class IdMapping:
     """linux.uidMappings[] / gidMappings[]: one id range of a user namespace."""
 
@@ -147,7 +151,7 @@ class IdMapping:
     size: int
 
 
-@dataclass(slots=True)
+@record
 class Device:
     """linux.devices[]: a device node to create in the container."""
 
@@ -160,7 +164,7 @@ class Device:
     gid: int | None = None
 
 
-@dataclass(slots=True)
+@record
 class Personality:
     """linux.personality: the execution domain."""
 
@@ -168,7 +172,7 @@ class Personality:
     flags: list[str] = field(default_factory=list)
 
 
-@dataclass(slots=True)
+@record
 class Linux:
     """linux: the Linux-specific part of the config."""
 
@@ -194,7 +198,7 @@ class Linux:
         return None
 
 
-@dataclass(slots=True)
+@record
 class Spec:
     """A validated config.json."""
 

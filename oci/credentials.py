@@ -8,11 +8,11 @@ import os
 import resource
 import stat
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
 
 from pysandbox.oci import kernel as k
 from pysandbox.oci.log import RuntimeFailure
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from pysandbox.oci.config import Capabilities, Process
 

@@ -6,14 +6,16 @@ from __future__ import annotations
 import json
 import os
 import socket
-from typing import TYPE_CHECKING, Any
 
 from pysandbox.oci import kernel as k
 from pysandbox.oci.lifecycle import Runtime, wait_foreground
 from pysandbox.oci.log import Logger, RuntimeFailure
 from pysandbox.oci.state import CREATED, PAUSED, RUNNING, STOPPED, write_file_atomic
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
     from pysandbox.oci.cli import Parsed
     from pysandbox.oci.config import Process
 

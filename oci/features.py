@@ -9,10 +9,12 @@ would reject. Only properties defined by ``ociVersionMax`` (1.2.0) appear.
 
 from __future__ import annotations
 
-from typing import Any, Final
-
 from pysandbox import OCI_VERSION, __version__
 from pysandbox.oci import kernel
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Final
 
 OCI_VERSION_MIN: Final = "1.0.0"
 

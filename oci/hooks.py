@@ -30,9 +30,12 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable, Sequence
-from typing import Final, Protocol
 
-__all__ = ["HookError", "HookLike", "run_hook", "run_hooks"]
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Final, Protocol
+
+__all__ = ["HookError", "run_hook", "run_hooks"]
 
 # Keep at most this much of each output stream (the tail is what matters).
 _OUTPUT_CAP: Final = 64 * 1024
@@ -42,20 +45,22 @@ _TAIL_CHARS: Final = 512
 _READ_CHUNK: Final = 65536
 
 
-class HookLike(Protocol):
-    """What a hook entry of config.json provides (``pysandbox.oci.config.Hook``)."""
+if TYPE_CHECKING:
 
-    @property
-    def path(self) -> str: ...
+    class HookLike(Protocol):
+        """What a hook entry of config.json provides (``pysandbox.oci.config.Hook``)."""
 
-    @property
-    def args(self) -> list[str]: ...
+        @property
+        def path(self) -> str: ...
 
-    @property
-    def env(self) -> list[str]: ...
+        @property
+        def args(self) -> list[str]: ...
 
-    @property
-    def timeout(self) -> int | None: ...
+        @property
+        def env(self) -> list[str]: ...
+
+        @property
+        def timeout(self) -> int | None: ...
 
 
 class HookError(Exception):

@@ -12,12 +12,11 @@ import signal
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
 
 from pysandbox import OCI_VERSION
 from pysandbox.oci import kernel as k
 from pysandbox.oci.log import Logger, RuntimeFailure, rfc3339_nano
+from pysandbox.oci.records import record
 from pysandbox.oci.state import (
     CREATED,
     CREATING,
@@ -33,13 +32,16 @@ from pysandbox.oci.state import (
     write_file_atomic,
 )
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
     from pysandbox.oci.cgroups import CgroupManager
     from pysandbox.oci.config import Hook, Spec
     from pysandbox.oci.spawn import Launched
 
 
-@dataclass
+@record
 class CreateOptions:
     bundle: str
     pid_file: str | None = None
@@ -114,8 +116,9 @@ class Runtime:
         try:
             spec = load_bundle(opts.bundle)
         except ConfigError as e:
+            text = str(e)
             raise RuntimeFailure(
-                f"config.json: {e}" if not str(e).startswith("bundle") else str(e)
+                text if text.startswith(("bundle", "config.json")) else f"config.json: {text}"
             ) from None
         _check_create(spec, opts, attached=attached)
         if self.systemd_cgroup:

@@ -12,7 +12,10 @@ import json
 import os
 import sys
 import time
-from typing import TextIO
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import TextIO
 
 
 class RuntimeFailure(Exception):

@@ -8,13 +8,15 @@ import re
 import select
 import sys
 import time
-from typing import TYPE_CHECKING, Any
 
 from pysandbox.oci.lifecycle import Runtime
 from pysandbox.oci.log import Logger, RuntimeFailure
 from pysandbox.oci.state import STOPPED
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
     from pysandbox.oci.cli import Parsed
 
 _UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50}

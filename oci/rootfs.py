@@ -13,11 +13,11 @@ import errno
 import os
 import stat
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from pysandbox.oci import kernel as k
+from pysandbox.oci.records import record
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from pysandbox.oci.config import Device, Mount, Spec
 
@@ -80,7 +80,7 @@ _STATVFS_TO_MS = (
 )
 
 
-@dataclass
+@record
 class ParsedOptions:
     flags: int
     propagation: list[int]
@@ -395,7 +395,7 @@ def _is_bind(m: Mount) -> bool:
     return m.type == "bind" or any(o in ("bind", "rbind") for o in m.options)
 
 
-@dataclass
+@record
 class _DefaultDevice:
     path: str
     type: str

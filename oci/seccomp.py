@@ -42,8 +42,9 @@ import json
 import os
 import struct
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, Final, NamedTuple
+
+from pysandbox.oci.records import record
 
 from . import kernel
 
@@ -161,7 +162,7 @@ class SeccompError(Exception):
     """An invalid or uncompilable ``linux.seccomp``; the message names the field."""
 
 
-@dataclass(frozen=True)
+@record
 class CompiledFilter:
     """A filter ready for :func:`load_filter`.
 

@@ -24,21 +24,23 @@ import os
 import signal
 import socket
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
 
 from pysandbox.oci import kernel as k
 from pysandbox.oci import sync
 from pysandbox.oci.log import RuntimeFailure
+from pysandbox.oci.records import field, record
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
     from pysandbox.oci.cgroups import CgroupManager
     from pysandbox.oci.config import IdMapping, Process, Spec
     from pysandbox.oci.rootfs import RootfsBuilder
     from pysandbox.oci.seccomp import CompiledFilter
 
 
-@dataclass
+@record
 class LaunchPlan:
     process: Process
     spec: Spec | None = None  # create: the whole config; exec: None
@@ -61,7 +63,7 @@ class LaunchPlan:
     container_id: str = ""
 
 
-@dataclass
+@record
 class Launched:
     pid: int
     sock: socket.socket
@@ -86,6 +88,12 @@ def launch(
     for cleanup); ``on_hooks`` runs the runtime-namespace hooks once the
     mounts exist and returns the state JSON for createContainer hooks.
     """
+    if plan.fifo_fd is not None:
+        # The container's user (any uid, or root of a user namespace) writes
+        # the exec fifo; make it writable whatever umask it was created under.
+        os.chmod(f"/proc/self/fd/{plan.fifo_fd}", 0o622)
+    if os.environ.get("PYSANDBOX_TRACE"):
+        import traceback  # noqa: F401  (stage 2 cannot import after pivot_root)
     parent, child = sync.pair()
     pid1 = os.fork()
     if pid1 == 0:

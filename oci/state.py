@@ -20,10 +20,13 @@ import json
 import os
 import re
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
-from typing import Any
 
 from pysandbox.oci.log import RuntimeFailure
+from pysandbox.oci.records import as_dict, field, record
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 DEFAULT_ROOT = "/run/pysandbox"
 STATE_FILE = "state.json"
@@ -44,7 +47,7 @@ def validate_id(container_id: str) -> None:
         raise RuntimeFailure(f"invalid container id format: {container_id}")
 
 
-@dataclass
+@record
 class ContainerRecord:
     """What ``state.json`` holds. ``status`` is only what create recorded;
     the live status is derived from the process (see ``lifecycle.status``)."""
@@ -66,12 +69,12 @@ class ContainerRecord:
     console_used: bool = False
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), separators=(",", ":"))
+        return json.dumps(as_dict(self), separators=(",", ":"))
 
     @classmethod
     def from_json(cls, text: str) -> ContainerRecord:
         data = json.loads(text)
-        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        known = {k: v for k, v in data.items() if k in {n for n, _ in cls.__record_fields__}}  # type: ignore[attr-defined]
         return cls(**known)
 
 

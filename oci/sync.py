@@ -6,9 +6,12 @@ from __future__ import annotations
 import json
 import os
 import socket
-from typing import Any
 
 from pysandbox.oci.log import RuntimeFailure
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 
 class SyncClosed(RuntimeFailure):

@@ -17,9 +17,13 @@ from __future__ import annotations
 import abc
 import errno
 import os
+import sys
 import time
-from collections.abc import Iterator, Mapping
-from typing import Any, Literal
+from collections.abc import Callable, Iterator, Mapping
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Literal
 
 __all__ = [
     "CgroupError",
@@ -31,6 +35,26 @@ __all__ = [
 ]
 
 CGROUP_ROOT = "/sys/fs/cgroup"
+
+
+class _Warnings:
+    """Where cgroup warnings go; the runtime points ``sink`` at its logger.
+    (The logging module would cost more start-up time than all of cgroups.)"""
+
+    sink: Callable[[str], None] | None = None
+
+    def warning(self, fmt: str, *args: object) -> None:
+        msg = fmt % args if args else fmt
+        if self.sink is not None:
+            self.sink(msg)
+        else:
+            sys.stderr.write(msg + "\n")
+
+    def debug(self, fmt: str, *args: object) -> None:
+        pass
+
+
+log = _Warnings()
 
 
 class CgroupError(Exception):

@@ -7,7 +7,10 @@ can index without guards.
 
 from __future__ import annotations
 
-from typing import Any
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
 
 MAX_U64 = 2**64 - 1
 

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import signal
 import time
 from collections.abc import Mapping
-from typing import Any, Literal
 
 from . import (
     CgroupError,
     CgroupManager,
+    log,
     mkdir_p,
     read_file,
     read_int,
@@ -25,7 +24,10 @@ from . import (
 )
 from .stats import empty_stats, memory_entry, parse_blkio_v1
 
-log = logging.getLogger(__name__)
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Literal
+
 
 _FREEZE_TIMEOUT = 5.0
 _UNLIMITED = -1
@@ -97,6 +99,11 @@ class V1Manager(CgroupManager):
     def dirs(self) -> list[str]:
         """The container's directory in every mounted hierarchy."""
         return [self._dir_of(mp) for mp in self._mountpoints()]
+
+    def mount_dirs(self) -> dict[str, str]:
+        """Hierarchy mountpoint -> the container's directory in it (for the
+        container's /sys/fs/cgroup: one bind per hierarchy, named after it)."""
+        return {mp: self._dir_of(mp) for mp in self._mountpoints()}
 
     def has(self, subsystem: str) -> bool:
         return subsystem in self.mounts

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import select
 import signal
 import time
 from collections.abc import Mapping
-from typing import Any, Literal
 
 from .. import kernel
 from . import (
     CgroupError,
     CgroupManager,
+    log,
     mkdir_p,
     read_int,
     read_keyed,
@@ -26,7 +25,10 @@ from . import (
 )
 from .stats import MAX_U64, empty_stats, memory_entry, parse_io_stat_v2
 
-log = logging.getLogger(__name__)
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Literal
+
 
 _FREEZE_TIMEOUT = 5.0
 # Files whose prefix is not a controller: always present in every cgroup.

@@ -1,0 +1,92 @@
+"""Small helpers shared by the CLI/lifecycle integration tests."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from tests.conftest import CGROUP_ROOT, ID_PREFIX, Runner, wait_for
+
+RFC3339_NANO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,9})?Z$")
+RFC3339 = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)$")
+SHARED = Path(__file__).resolve().parents[3] / "shared"
+CGROUP_V2 = (CGROUP_ROOT / "cgroup.controllers").exists()
+
+
+def cgroup_dir(controller: str, cid: str) -> Path:
+    """The container's cgroup directory for one controller (v1) or the unified one (v2)."""
+    return CGROUP_ROOT / cid if CGROUP_V2 else CGROUP_ROOT / controller / cid
+
+
+def cgroup_procs(cid: str) -> set[int]:
+    text = (cgroup_dir("pids", cid) / "cgroup.procs").read_text()
+    return {int(x) for x in text.split()}
+
+
+def in_container_cgroup(pid: int, cid: str) -> bool:
+    return pid in cgroup_procs(cid)
+
+
+def our_cgroups() -> set[str]:
+    found: set[str] = set()
+    for hierarchy in CGROUP_ROOT.iterdir():
+        try:
+            for entry in hierarchy.iterdir():
+                if entry.name.startswith(ID_PREFIX) and entry.is_dir():
+                    found.add(str(entry))
+        except OSError:
+            continue
+    return found
+
+
+def snapshot(runtime: Runner, cid: str | None = None) -> dict[str, Any]:
+    """Everything an error must not change: state dirs, cgroups, the container's state."""
+    root = runtime.root
+    snap: dict[str, Any] = {
+        "dirs": sorted(p.name for p in root.iterdir()) if root.is_dir() else [],
+        "cgroups": our_cgroups(),
+    }
+    if cid is not None:
+        res = runtime("state", cid)
+        snap["state"] = res.stdout if res.returncode == 0 else None
+    return snap
+
+
+def fails(runtime: Runner, *args: str, msg: str, rc: int = 1, input: str | None = None) -> str:
+    """Run a command that must fail with exit code rc and msg in its stderr."""
+    res = runtime(*args, input=input)
+    assert res.returncode == rc, (args, res.returncode, res.stdout, res.stderr)
+    assert msg in res.stderr, (args, res.stderr)
+    return res.stderr
+
+
+def status(runtime: Runner, cid: str) -> str:
+    s: str = runtime.state(cid)["status"]
+    return s
+
+
+def wait_status(runtime: Runner, cid: str, want: str, timeout: float = 10.0) -> None:
+    wait_for(lambda: status(runtime, cid) == want, timeout)
+
+
+def read_in(pid: int, path: str) -> str:
+    """A file as the container process sees it (through /proc/PID/root)."""
+    try:
+        return Path(f"/proc/{pid}/root{path}").read_text()
+    except OSError:
+        return ""
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            raw = f.read()
+    except OSError:
+        return False
+    return raw[raw.rindex(b")") + 2 :].split()[0] not in (b"Z", b"X")
+
+
+def pid_ns(pid: int) -> str:
+    return os.readlink(f"/proc/{pid}/ns/pid")
