@@ -39,11 +39,14 @@ $(BIN): $(STAMP_PIP) scripts/write_launcher.py
 setup: $(STAMP_PIP) $(BIN)
 	@$(VPY) -m compileall -q pkg oci sentry syscalls gofer policies >/dev/null
 
-$(BUNDLE)/config.json: $(STAMP_PIP)
-	$(BIN) bundle $(BUNDLE)
+DEMO_SCRIPT := echo "hello from $$(hostname), pid $$$$ in its own pid namespace"; \
+	echo "uid: $$(id -u), capabilities: $$(grep CapEff /proc/self/status)"; \
+	echo "root is read-only:"; touch /probe 2>&1; \
+	echo "mounts:"; cut -d" " -f2,3 /proc/mounts | head -8
 
-# Runs a real sandboxed container from the embedded busybox bundle.
-demo: setup $(BUNDLE)/config.json
+# Runs a real container from the embedded busybox-static bundle.
+demo: setup
+	@$(BIN) bundle --force $(BUNDLE) /bin/sh -c '$(DEMO_SCRIPT)' >/dev/null
 	$(BIN) run --bundle $(BUNDLE) demo-$$$$
 
 lint: setup

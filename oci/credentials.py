@@ -22,12 +22,25 @@ def apply_rlimits(process: Process) -> None:
         res = getattr(resource, rl.type, None)
         if res is None:
             raise RuntimeFailure(f"unknown rlimit {rl.type}")
+        soft, hard = _rlim(rl.soft), _rlim(rl.hard)
         try:
-            resource.setrlimit(res, (_rlim(rl.soft), _rlim(rl.hard)))
+            resource.setrlimit(res, (soft, hard))
         except (OSError, ValueError) as e:
-            raise RuntimeFailure(
-                f"error setting rlimit type {rl.type}: {getattr(e, 'strerror', None) or e}"
-            ) from None
+            if isinstance(e, ValueError) and soft <= hard:
+                # Python's words for EPERM: raising a hard limit needs
+                # CAP_SYS_RESOURCE (or the limit exceeds e.g. fs.nr_open).
+                current = resource.getrlimit(res)[1]
+                detail = (
+                    f"operation not permitted (hard limit {_show(hard)} is above "
+                    f"the runtime's own {_show(current)}, raising it needs CAP_SYS_RESOURCE)"
+                )
+            else:
+                detail = getattr(e, "strerror", None) or str(e)
+            raise RuntimeFailure(f"error setting rlimit type {rl.type}: {detail}") from None
+
+
+def _show(v: int) -> str:
+    return "unlimited" if v == resource.RLIM_INFINITY else str(v)
 
 
 def _rlim(v: int) -> int:

@@ -150,6 +150,10 @@ class RootfsBuilder:
         if not self.dev_is_bind:
             self._create_devices()
             self._dev_symlinks()
+        cwd = self.spec.process.cwd if self.spec.process is not None else "/"
+        # Like runc, a missing working directory is created (before the root
+        # turns read-only); it is resolved inside the rootfs like a mount point.
+        self._make_in_root(_norm(cwd).lstrip("/"), is_dir=True)
 
     def _make_parent_private(self) -> None:
         """pivot_root refuses a new root whose parent mount is shared."""
@@ -167,25 +171,9 @@ class RootfsBuilder:
         """Create the mount point inside the rootfs and return a path to it
         that cannot be redirected by symlinks in the image."""
         rel = _norm(dest).lstrip("/")
+        self._make_in_root(rel, is_dir=is_dir)
         rootfd = os.open(self.rootfs, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
-            self._mkdir_in_root(rootfd, os.path.dirname(rel))
-            if rel:
-                try:
-                    if is_dir:
-                        os.mkdir(rel, 0o755, dir_fd=rootfd)
-                    else:
-                        os.close(
-                            os.open(
-                                rel, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o644, dir_fd=rootfd
-                            )
-                        )
-                except (FileExistsError, IsADirectoryError):
-                    pass
-                except OSError as e:
-                    # a symlink at the final component: resolved safely below
-                    if e.errno not in (errno.EEXIST, errno.ELOOP):
-                        raise
             fd = k.openat2(
                 rootfd,
                 rel or ".",
@@ -201,30 +189,49 @@ class RootfsBuilder:
             raise OSError(errno.EXDEV, f"mount destination {dest} escapes the rootfs")
         return real
 
-    def _mkdir_in_root(self, rootfd: int, rel: str) -> None:
-        if not rel or rel == ".":
-            return
-        parts = [p for p in rel.split("/") if p]
-        for i in range(len(parts)):
-            sub = "/".join(parts[: i + 1])
-            try:
-                fd = k.openat2(
-                    rootfd, sub, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, 0, k.RESOLVE_IN_ROOT
-                )
-                os.close(fd)
+    def _make_in_root(self, rel: str, *, is_dir: bool) -> None:
+        """mkdir -p ``rel`` (and the final file when not ``is_dir``) with the
+        rootfs as ``/``: symlinks met on the way, dangling ones included, are
+        followed as if chrooted, so ``evil -> /etc`` creates ``rootfs/etc``
+        and never anything on the host. Nothing is created through a
+        symlink: every mkdir/open names a checked, non-symlink parent."""
+        root = self.rootfs.rstrip("/") or "/"
+        todo = [p for p in rel.split("/") if p]
+        done: list[str] = []
+        links = 0
+        while todo:
+            comp = todo.pop(0)
+            if comp == ".":
                 continue
-            except FileNotFoundError:
-                pass
-            parent = "/".join(parts[:i]) or "."
-            pfd = k.openat2(
-                rootfd, parent, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, 0, k.RESOLVE_IN_ROOT
-            )
+            if comp == "..":
+                if done:
+                    done.pop()
+                continue
+            path = os.path.join(root, *done, comp)
             try:
-                real = os.readlink(f"/proc/self/fd/{pfd}")
-                with contextlib.suppress(FileExistsError):
-                    os.mkdir(os.path.join(real, parts[i]), 0o755)
-            finally:
-                os.close(pfd)
+                st = os.lstat(path)
+            except FileNotFoundError:
+                try:
+                    if todo or is_dir:
+                        os.mkdir(path, 0o755)
+                    else:
+                        flags = os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW
+                        os.close(os.open(path, flags | os.O_CLOEXEC, 0o644))
+                except FileExistsError:
+                    todo.insert(0, comp)  # raced with another creator: look again
+                    continue
+                done.append(comp)
+                continue
+            if stat.S_ISLNK(st.st_mode):
+                links += 1
+                if links > 40:
+                    raise OSError(errno.ELOOP, f"too many symlinks under {root}: {rel}")
+                target = os.readlink(path)
+                if target.startswith("/"):
+                    done = []
+                todo = [p for p in target.split("/") if p] + todo
+                continue
+            done.append(comp)
 
     def _mount(self, m: Mount) -> None:
         opts = parse_mount_options(m.options)
@@ -284,17 +291,21 @@ class RootfsBuilder:
 
     def _create_devices(self) -> None:
         for dev in default_devices(self.spec.linux.devices):
-            target_rel = _norm(dev.path).lstrip("/")
-            target = os.path.join(self.rootfs, target_rel)
-            os.makedirs(os.path.dirname(target), exist_ok=True)
+            path = _norm(dev.path)
+            # The parent is resolved inside the rootfs: an image whose /dev is
+            # a symlink to the host's /dev must not get host nodes replaced.
+            parent = self._target(os.path.dirname(path), is_dir=True)
+            target = os.path.join(parent, os.path.basename(path))
             with contextlib.suppress(FileNotFoundError):
-                if os.path.lexists(target):
-                    os.unlink(target)
+                st = os.lstat(target)
+                if stat.S_ISDIR(st.st_mode):
+                    raise OSError(errno.EISDIR, f"device {dev.path}: a directory is in the way")
+                os.unlink(target)
             mode = (dev.file_mode if dev.file_mode is not None else 0o666) & 0o7777
             if self.in_userns:
                 # mknod is not allowed in a user namespace: bind the host's node.
-                with open(target, "w"):
-                    pass
+                flags = os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+                os.close(os.open(target, flags, 0o644))
                 k.mount(dev.path, target, None, k.MS_BIND)
                 continue
             kind = {"c": stat.S_IFCHR, "u": stat.S_IFCHR, "b": stat.S_IFBLK, "p": stat.S_IFIFO}[
@@ -305,23 +316,23 @@ class RootfsBuilder:
                 os.mknod(target, kind | mode, os.makedev(dev.major, dev.minor))
             finally:
                 os.umask(old)
-            os.chown(target, dev.uid or 0, dev.gid or 0)
+            os.chown(target, dev.uid or 0, dev.gid or 0, follow_symlinks=False)
 
     def _dev_symlinks(self) -> None:
+        dev = self._target("/dev", is_dir=True)
         links = [
-            ("/proc/self/fd", "dev/fd"),
-            ("/proc/self/fd/0", "dev/stdin"),
-            ("/proc/self/fd/1", "dev/stdout"),
-            ("/proc/self/fd/2", "dev/stderr"),
+            ("/proc/self/fd", "fd"),
+            ("/proc/self/fd/0", "stdin"),
+            ("/proc/self/fd/1", "stdout"),
+            ("/proc/self/fd/2", "stderr"),
         ]
         if os.path.exists("/proc/kcore"):
-            links.append(("/proc/kcore", "dev/core"))
-        ptmx = os.path.join(self.rootfs, "dev/ptmx")
-        if not os.path.lexists(ptmx):
-            links.append(("pts/ptmx", "dev/ptmx"))
-        for src, rel in links:
+            links.append(("/proc/kcore", "core"))
+        if not os.path.lexists(os.path.join(dev, "ptmx")):
+            links.append(("pts/ptmx", "ptmx"))
+        for src, name in links:
             with contextlib.suppress(FileExistsError):
-                os.symlink(src, os.path.join(self.rootfs, rel))
+                os.symlink(src, os.path.join(dev, name))
 
     def bind_console(self, slave_path: str) -> None:
         """Bind the pty slave to /dev/console (called after pivot)."""
