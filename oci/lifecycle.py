@@ -62,12 +62,14 @@ class Runtime:
             return CREATING if rec.pid and self._alive(rec) else STOPPED
         if not rec.pid or not self._alive(rec):
             return STOPPED
-        if os.path.exists(os.path.join(self.store.dir(rec.id), EXEC_FIFO)):
-            return CREATED
+        # Frozen wins over created (as in runc): a created container can be
+        # paused, and must then read "paused" so that resume accepts it.
         if rec.cgroup:
             with contextlib.suppress(Exception):
                 if self._cgroup(rec).is_frozen():
                     return PAUSED
+        if os.path.exists(os.path.join(self.store.dir(rec.id), EXEC_FIFO)):
+            return CREATED
         return RUNNING
 
     @staticmethod
@@ -179,14 +181,17 @@ class Runtime:
         from pysandbox.oci.spawn import LaunchPlan, launch
 
         assert spec.process is not None
-        try:
-            cgroup.create()
-            # Record which directories create() made, so delete removes them.
-            rec.cgroup = cgroup.to_dict()
-            self.store.save(rec, partial=True)
-            cgroup.apply(effective_resources(spec))
-        except CgroupError as e:
-            raise RuntimeFailure(str(e)) from None
+
+        def prepare_cgroup() -> None:
+            try:
+                cgroup.create()
+                # Record which directories create() made, so delete removes them.
+                rec.cgroup = cgroup.to_dict()
+                self.store.save(rec, partial=True)
+                cgroup.apply(effective_resources(spec))
+            except CgroupError as e:
+                raise RuntimeFailure(str(e)) from None
+
         # exec needs the container's process and seccomp profile; the bundle
         # may be gone by then, so keep a copy.
         write_file_atomic(os.path.join(state_dir, "config.json"), json.dumps(spec.raw))
@@ -253,7 +258,7 @@ class Runtime:
                     raise RuntimeFailure(str(e)) from None
                 return state
 
-            launched = launch(plan, on_pid=on_pid, on_hooks=on_hooks)
+            launched = launch(plan, on_pid=on_pid, on_hooks=on_hooks, prepare_cgroup=prepare_cgroup)
         finally:
             os.close(fifo_fd)
             if console_sock is not None:
@@ -296,6 +301,8 @@ class Runtime:
             st = self.status(rec)
             if st == STOPPED:
                 raise RuntimeFailure("cannot start a container that has stopped")
+            if st == PAUSED:
+                raise RuntimeFailure("cannot start a container in the paused state")
             if st != CREATED:
                 raise RuntimeFailure("cannot start an already running container")
             self._release_fifo(rec)
@@ -621,7 +628,7 @@ def parse_signal(text: str) -> int:
     t = text.strip().upper()
     if t.isdigit():
         num = int(t)
-        if 0 < num < 65:
+        if 0 <= num < 65:  # 0 probes, as kill(2) does
             return num
         raise RuntimeFailure(f"unknown signal {text!r}")
     if not t.startswith("SIG"):

@@ -129,7 +129,9 @@ class RootfsBuilder:
         new_cgroupns: bool,
     ) -> None:
         self.spec = spec
-        self.rootfs = spec.root.path
+        # The real path: mount targets are checked against it after resolution,
+        # and a bundle's rootfs may well be a symlink (shared image layers).
+        self.rootfs = os.path.realpath(spec.root.path)
         self.cgroup_dirs = cgroup_dirs  # v1: hierarchy mountpoint -> container's dir; v2: {"": dir}
         self.cgroup_mode = cgroup_mode
         self.in_userns = in_userns
@@ -145,7 +147,18 @@ class RootfsBuilder:
         k.mount(None, "/", None, prop)
         self._make_parent_private()
         k.mount(self.rootfs, self.rootfs, "bind", k.MS_BIND | k.MS_REC)
+        # The cgroup mount (and anything mounted beneath it) waits until init
+        # has joined its cgroup and made its cgroup namespace: see spawn.launch.
+        self._deferred: list[Mount] = []
+        cgroup_dest: str | None = None
         for m in self.spec.mounts:
+            dest = _norm(m.destination)
+            if m.type in ("cgroup", "cgroup2") or (
+                cgroup_dest is not None and (dest + "/").startswith(cgroup_dest + "/")
+            ):
+                cgroup_dest = cgroup_dest or dest
+                self._deferred.append(m)
+                continue
             self._mount(m)
         if not self.dev_is_bind:
             self._create_devices()
@@ -154,6 +167,10 @@ class RootfsBuilder:
         # Like runc, a missing working directory is created (before the root
         # turns read-only); it is resolved inside the rootfs like a mount point.
         self._make_in_root(_norm(cwd).lstrip("/"), is_dir=True)
+
+    def mount_deferred(self) -> None:
+        for m in getattr(self, "_deferred", []):
+            self._mount(m)
 
     def _make_parent_private(self) -> None:
         """pivot_root refuses a new root whose parent mount is shared."""

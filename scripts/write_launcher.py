@@ -41,8 +41,8 @@ def main() -> int:
         "import sys\n"
         f"sys.path[:0] = [{str(tree)!r}]\n"
         f"sys.path.append({site!r})\n"
-        "from pysandbox.oci.cli import main\n"
-        "sys.exit(main())\n"
+        "from pysandbox.oci.cli import run_and_exit\n"
+        "run_and_exit()\n"
     )
     tmp = out.with_suffix(".tmp")
     tmp.write_text(text)
