@@ -26,9 +26,8 @@ import socket
 from collections.abc import Callable
 
 # Imported here, before the fork, so stage 2 does not pay for it on the clock.
-from pysandbox.oci import credentials
+from pysandbox.oci import credentials, sync
 from pysandbox.oci import kernel as k
-from pysandbox.oci import sync
 from pysandbox.oci.log import RuntimeFailure
 from pysandbox.oci.records import field, record
 

@@ -172,7 +172,9 @@ def _our_mounts(tmp: Path) -> list[str]:
     return out
 
 
-def leftovers(tmp: Path) -> dict[str, list[str]]:
+def leftovers(tmp: Path, before: dict[str, set[str]] | None = None) -> dict[str, list[str]]:
+    """What containers of ours left behind; ``before`` (a snapshot taken when the
+    test started) excludes what other tests running at the same time own."""
     state_dirs = [str(p) for p in (tmp / "state").iterdir()] if (tmp / "state").is_dir() else []
     state_dirs = [d for d in state_dirs if not d.endswith("/.cache")]
     found = {
@@ -181,6 +183,8 @@ def leftovers(tmp: Path) -> dict[str, list[str]]:
         "mounts": _our_mounts(tmp),
         "state": state_dirs,
     }
+    if before:
+        found = {k: [x for x in v if x not in before.get(k, set())] for k, v in found.items()}
     return {k: v for k, v in found.items() if v}
 
 
@@ -204,16 +208,17 @@ def _clean(tmp: Path) -> None:
 
 @pytest.fixture(autouse=True)
 def leak_check(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[None]:
+    before = {k: set(v) for k, v in leftovers(tmp_path).items()}
     yield
     if request.node.get_closest_marker("allow_leftovers"):
         _clean(tmp_path)
         return
     deadline = time.monotonic() + 3.0
-    left = leftovers(tmp_path)
+    left = leftovers(tmp_path, before)
     # A killed process takes a moment to leave its cgroup.
     while left and time.monotonic() < deadline:
         time.sleep(0.05)
-        left = leftovers(tmp_path)
+        left = leftovers(tmp_path, before)
     if left:
         _clean(tmp_path)
         pytest.fail(f"test left things behind: {left}")
