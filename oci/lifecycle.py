@@ -184,8 +184,14 @@ class Runtime:
 
         def prepare_cgroup() -> None:
             try:
+                # Record the directories create() is about to make *before*
+                # making them: a create killed half way through the mkdirs must
+                # not leave cgroups that delete does not know of. Then record
+                # what it really made (a directory made meanwhile by someone
+                # else is theirs).
+                rec.cgroup = {**cgroup.to_dict(), "created": _planned_cgroup_dirs(cgroup)}
+                self.store.save(rec, partial=True)
                 cgroup.create()
-                # Record which directories create() made, so delete removes them.
                 rec.cgroup = cgroup.to_dict()
                 self.store.save(rec, partial=True)
                 cgroup.apply(effective_resources(spec))
@@ -249,6 +255,8 @@ class Runtime:
 
             def on_hooks(pid: int) -> bytes:
                 state = self._hook_state(rec, "creating", pid)
+                if not (spec.hooks.prestart or spec.hooks.create_runtime):
+                    return state  # and spare the import of hooks (and subprocess)
                 from pysandbox.oci.hooks import HookError, run_hooks
 
                 try:
@@ -396,7 +404,9 @@ class Runtime:
         if rec.pid and self._alive(rec):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(rec.pid, signal.SIGKILL)
-        if cg is not None:
+        # An empty cgroup (the common case: init has exited) needs no freezing
+        # and signalling, and each freezer round trip costs milliseconds.
+        if cg is not None and _has_processes(cg):
             with contextlib.suppress(Exception):
                 cg.thaw()
             with contextlib.suppress(Exception):
@@ -504,6 +514,13 @@ def wait_foreground(launched: Launched, log: Logger) -> int:
             )
 
 
+def _has_processes(cg: CgroupManager) -> bool:
+    try:
+        return bool(cg.pids())
+    except Exception:
+        return True  # unknown: take the thorough path
+
+
 def _wait_gone(rec: ContainerRecord, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while rec.pid and process_start_time(rec.pid) == rec.pid_start:
@@ -598,6 +615,26 @@ def namespace_plan(spec: Spec) -> tuple[list[tuple[int, str]], int]:
             new |= flag
     joins.sort(key=lambda j: 0 if j[0] == k.CLONE_NEWUSER else 1)
     return joins, new
+
+
+def _planned_cgroup_dirs(cgroup: CgroupManager) -> list[str]:
+    """The directories ``cgroup.create()`` would make now, top first."""
+    d = cgroup.to_dict()
+    if d.get("mode") == "v1":
+        bases = list(dict.fromkeys((d.get("mounts") or {}).values()))
+    else:
+        bases = [str(d.get("mountpoint") or "")]
+    parts = [p for p in str(d.get("path") or "").split("/") if p]
+    planned: list[str] = []
+    for base in bases:
+        if not base:
+            continue
+        current = base
+        for part in parts:
+            current = os.path.join(current, part)
+            if current not in planned and not os.path.isdir(current):
+                planned.append(current)
+    return planned
 
 
 def cgroup_mount_dirs(cgroup: CgroupManager) -> dict[str, str]:
