@@ -12,9 +12,9 @@ only the stdlib basics; the kernel tables are imported lazily where needed.
 
 from __future__ import annotations
 
-import json
 import os
 
+from pysandbox.oci import jsonio
 from pysandbox.oci.records import field, record
 
 TYPE_CHECKING = False
@@ -810,8 +810,12 @@ def load_bundle(bundle: str) -> Spec:
     except UnicodeDecodeError as e:
         raise ConfigError("config.json", f"not valid UTF-8 at byte {e.start}") from None
     try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
+        data = jsonio.loads(text)
+    except ValueError as e:
+        import json
+
+        if not isinstance(e, json.JSONDecodeError):
+            raise ConfigError("config.json", f"invalid JSON: {e}") from None
         raise ConfigError(
             "config.json", f"invalid JSON at line {e.lineno} column {e.colno}: {e.msg}"
         ) from None
