@@ -54,7 +54,8 @@ def apply_oom_score_adj(value: int | None) -> None:
         with open("/proc/self/oom_score_adj", "w") as f:
             f.write(str(value))
     except OSError as e:
-        raise RuntimeFailure(f"set oom_score_adj to {value}: {e.strerror}") from None
+        hint = " (lowering it below 0 needs CAP_SYS_RESOURCE)" if value < 0 else ""
+        raise RuntimeFailure(f"set oom_score_adj to {value}: {e.strerror}{hint}") from None
 
 
 def apply_personality(domain: str | None) -> None:

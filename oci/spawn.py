@@ -19,14 +19,13 @@ stage 2 waits for ``go2`` before speaking, so the caller always hears stage
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import socket
 from collections.abc import Callable
 
 # Imported here, before the fork, so stage 2 does not pay for it on the clock.
-from pysandbox.oci import credentials, sync
+from pysandbox.oci import credentials, jsonio, sync
 from pysandbox.oci import kernel as k
 from pysandbox.oci.log import RuntimeFailure
 from pysandbox.oci.records import field, record
@@ -305,12 +304,14 @@ def _state_for_start_hooks(plan: LaunchPlan) -> bytes:
     doc: dict[str, Any] = {
         "ociVersion": spec.oci_version,
         "id": plan.container_id,
-        "status": "running",
+        # runc's words: the process is not the workload yet (no exec so far),
+        # and its pid is the one it has in its own pid namespace.
+        "status": "created",
         "pid": os.getpid(),
         "bundle": spec.bundle,
         "annotations": spec.annotations,
     }
-    return json.dumps(doc).encode()
+    return jsonio.dumps(doc).encode()
 
 
 def _write_sysctl(key: str, value: str) -> None:
@@ -330,12 +331,19 @@ def _setup_console(plan: LaunchPlan) -> None:
     size = plan.process.console_size
     if size is not None:
         console.set_winsize(master, size.height, size.width)
+    elif os.isatty(0):
+        # Started from a terminal (an attached `run`): the workload must see
+        # that terminal's size from its first instruction, not once the
+        # caller gets round to copying it after `start`.
+        with contextlib.suppress(OSError):
+            rows, cols = console.get_winsize(0)
+            if rows and cols:
+                console.set_winsize(master, rows, cols)
     console.send_pty_master(plan.console, master, slave_path)
     plan.console.close()
-    slave = os.open(slave_path, os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+    # TIOCGPTPEER: the slave of *this* master, whatever sits at its path.
+    slave = console.open_pty_slave(master, slave_path)
     os.close(master)
     if plan.rootfs is not None:
         plan.rootfs.bind_console(slave_path)
-    console.make_controlling_terminal(slave)
-    if slave > 2:
-        os.close(slave)
+    console.make_controlling_terminal(slave)  # also closes slave (when above 2)

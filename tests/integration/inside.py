@@ -8,7 +8,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from tests.conftest import Bundle, Runner
+from tests.conftest import Bundle, Runner, leftovers
 
 SHARED = Path(__file__).resolve().parents[3] / "shared"
 SPECS = SHARED / "reference" / "specs"
@@ -22,6 +22,24 @@ def run_sh(runtime: Runner, bundle: Bundle, cid: str, script: str, *, rc: int = 
         f"exit {res.returncode} (wanted {rc})\nstdout: {res.stdout}\nstderr: {res.stderr}"
     )
     return res.stdout
+
+
+def mine_left(tmp: Path, cid: str) -> dict[str, list[str]]:
+    """What this test's container left behind. (conftest's ``leftovers`` also
+    sees other tests' containers when several test runs share the machine.)"""
+    found = leftovers(tmp)
+    procs = []
+    for pid in found.get("processes", []):
+        try:
+            cg = Path(f"/proc/{pid}/cgroup").read_text()
+            root = os.readlink(f"/proc/{pid}/root")
+        except OSError:
+            continue
+        if cid in cg or root.startswith(str(tmp)):
+            procs.append(pid)
+    found["processes"] = procs
+    found["cgroups"] = [c for c in found.get("cgroups", []) if cid in c]
+    return {k: v for k, v in found.items() if v}
 
 
 def fields(text: str) -> dict[str, str]:
