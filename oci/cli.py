@@ -230,6 +230,23 @@ COMMANDS: dict[str, tuple[str, tuple[Flag, ...], str]] = {
         (Flag(("force",), help="overwrite an existing config.json"),),
         "<dir> [command...]",
     ),
+    "install": (
+        "add pysandbox to docker's daemon.json (keeps everything else; backup first)",
+        (
+            Flag(("runtime",), True, help="runtime name in daemon.json (default: pysandbox)"),
+            Flag(("config",), True, help="daemon.json path (default: /etc/docker/daemon.json)"),
+            Flag(("path",), True, help="the runtime binary docker runs (default: this launcher)"),
+        ),
+        "[-- runtime args...]",
+    ),
+    "uninstall": (
+        "remove pysandbox from docker's daemon.json",
+        (
+            Flag(("runtime",), True, help="runtime name in daemon.json (default: pysandbox)"),
+            Flag(("config",), True, help="daemon.json path (default: /etc/docker/daemon.json)"),
+        ),
+        "",
+    ),
 }
 
 _EXACT_ONE = {"create", "start", "run", "state", "delete", "pause", "resume", "update", "events"}
@@ -509,6 +526,30 @@ def _cmd_features(root: str, log: Logger, g: Parsed, p: Parsed) -> int:
     return 0
 
 
+def _cmd_install(root: str, log: Logger, g: Parsed, p: Parsed) -> int:
+    from pysandbox.oci.install import install
+
+    msg = install(
+        runtime=p.opt("runtime", "pysandbox") or "pysandbox",
+        config=p.opt("config", "/etc/docker/daemon.json") or "/etc/docker/daemon.json",
+        path=p.opt("path"),
+        runtime_args=p.args,
+    )
+    sys.stdout.write(msg + "\n")
+    return 0
+
+
+def _cmd_uninstall(root: str, log: Logger, g: Parsed, p: Parsed) -> int:
+    from pysandbox.oci.install import uninstall
+
+    msg = uninstall(
+        runtime=p.opt("runtime", "pysandbox") or "pysandbox",
+        config=p.opt("config", "/etc/docker/daemon.json") or "/etc/docker/daemon.json",
+    )
+    sys.stdout.write(msg + "\n")
+    return 0
+
+
 def _cmd_bundle(root: str, log: Logger, g: Parsed, p: Parsed) -> int:
     from pathlib import Path
 
@@ -544,4 +585,6 @@ _HANDLERS: dict[str, Handler] = {
     "spec": _cmd_spec,
     "features": _cmd_features,
     "bundle": _cmd_bundle,
+    "install": _cmd_install,
+    "uninstall": _cmd_uninstall,
 }
