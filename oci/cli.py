@@ -320,6 +320,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if g.opt("log-format", "text") not in ("text", "json"):
         log.error(f"invalid log-format: {g.opt('log-format')}")
         return 1
+    # --debug: record how the caller invoked us (what engines pass is otherwise invisible).
+    log.debug(f"pysandbox {command}: argv {argv}")
     _, flags, _ = COMMANDS[command]
     try:
         p = parse_flags((*flags, Flag(("help", "h"))), rest)
@@ -486,7 +488,13 @@ def _cmd_exec(root: str, log: Logger, g: Parsed, p: Parsed) -> int:
     if not p.args:
         sys.stderr.write("Incorrect Usage.\n\n" + usage("exec"))
         raise RuntimeFailure('pysandbox: "exec" requires a minimum of 1 argument(s)')
-    return exec_command(root, log, p)
+    try:
+        return exec_command(root, log, p)
+    except RuntimeFailure as e:
+        # runc's wording and status: callers tell a failed exec (255) from a
+        # process that ran and exited.
+        log.error(f"exec failed: {e}")
+        return 255
 
 
 def _cmd_update(root: str, log: Logger, g: Parsed, p: Parsed) -> int:

@@ -53,7 +53,9 @@ class Logger:
 
     def _format(self, level: str, msg: str) -> str:
         if self.fmt == "json":
-            return json.dumps({"level": level, "msg": msg, "time": rfc3339()}) + "\n"
+            # logrus' JSONFormatter writes compact objects
+            record = {"level": level, "msg": msg, "time": rfc3339()}
+            return json.dumps(record, separators=(",", ":")) + "\n"
         return f'time="{rfc3339()}" level={level} msg={json.dumps(msg)}\n'
 
     def log(self, level: str, msg: str) -> None:

@@ -5,8 +5,9 @@ Layout of ``<root>/<id>/``:
 - ``state.json``  what we know of the container (written atomically);
 - ``exec.fifo``   present while the container is *created*: init blocks
   opening it for writing until ``start`` opens it for reading;
-- ``lock``        flock'ed by every command that changes the container, so
-  concurrent calls from a shim never interleave.
+- ``lock``        locked (fcntl record lock) by create while it builds the
+  container and by every command that changes it, so concurrent calls from
+  a shim never interleave.
 
 A directory without ``state.json`` is a create that died half way; ``delete``
 cleans it up from what ``state.json.partial`` recorded.
@@ -15,10 +16,12 @@ cleans it up from what ``state.json.partial`` recorded.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
 import re
+import time
 from collections.abc import Iterator
 
 from pysandbox.oci.log import RuntimeFailure
@@ -44,7 +47,7 @@ STOPPED = "stopped"
 
 def validate_id(container_id: str) -> None:
     if not container_id or not _ID_RE.match(container_id) or container_id in (".", ".."):
-        raise RuntimeFailure(f"invalid container id format: {container_id}")
+        raise RuntimeFailure("invalid container ID format")
 
 
 @record
@@ -98,6 +101,24 @@ class StateStore:
             raise RuntimeFailure(f"container with id exists: {container_id}") from None
         return path
 
+    @contextlib.contextmanager
+    def creating(self, container_id: str) -> Iterator[str]:
+        """Make the container's directory and hold its lock while create fills it.
+
+        mkdir decides which of several concurrent creates of one id wins; the
+        winner then holds the lock until create is done (or undone), so a
+        concurrent ``delete`` waits instead of tearing down half a container.
+        """
+        path = self.create_dir(container_id)
+        fd = os.open(
+            os.path.join(path, LOCK_FILE), os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600
+        )
+        try:
+            _lock(fd)
+            yield path
+        finally:
+            os.close(fd)
+
     def ids(self) -> list[str]:
         try:
             names = os.listdir(self.root)
@@ -137,38 +158,78 @@ class StateStore:
 
     @contextlib.contextmanager
     def locked(self, container_id: str) -> Iterator[None]:
-        """Hold the container's lock; fails with runc's wording if it is gone."""
+        """Hold the container's lock; fails with runc's wording if it is gone.
+
+        The lock is a POSIX record lock (fcntl F_SETLKW), not flock: it belongs
+        to this process alone, so the container's init, forked while create
+        holds it, never inherits it, and it dies with a killed command.
+        Raises :class:`Fragment` for a directory without a lock file (what a
+        create killed right after its mkdir leaves).
+        """
         validate_id(container_id)
+        path = self.dir(container_id)
+        fd = self._open_lock(path)
         try:
-            fd = os.open(
-                os.path.join(self.dir(container_id), LOCK_FILE),
-                os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
-                0o600,
-            )
-        except FileNotFoundError:
-            raise RuntimeFailure("container does not exist") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            if not os.path.isdir(self.dir(container_id)):
+            _lock(fd)
+            # Deleted while we waited (the directory may even be a new one by now).
+            if os.fstat(fd).st_nlink == 0 or not os.path.isdir(path):
                 raise RuntimeFailure("container does not exist")
             yield
         finally:
             os.close(fd)
 
+    @staticmethod
+    def _open_lock(path: str) -> int:
+        # Never O_CREAT: a lock file created in a directory that delete is
+        # emptying would make its rmdir fail and leave the directory behind.
+        lock = os.path.join(path, LOCK_FILE)
+        deadline = time.monotonic() + 0.25
+        while True:
+            try:
+                return os.open(lock, os.O_RDWR | os.O_CLOEXEC)
+            except FileNotFoundError:
+                if not os.path.isdir(path):
+                    raise RuntimeFailure("container does not exist") from None
+            # A create between its mkdir and its lock file, or one killed there.
+            if time.monotonic() > deadline:
+                raise Fragment("container does not exist")
+            time.sleep(0.005)
+
     def remove(self, container_id: str) -> None:
         path = self.dir(container_id)
-        for name in os.listdir(path) if os.path.isdir(path) else []:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(os.path.join(path, name))
-        with contextlib.suppress(FileNotFoundError):
-            os.rmdir(path)
+        for _attempt in range(10):
+            for name in os.listdir(path) if os.path.isdir(path) else []:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(path, name))
+            try:
+                os.rmdir(path)
+                return
+            except FileNotFoundError:
+                return
+            except OSError as e:
+                # Someone wrote a file meanwhile (a temp file of a racing save).
+                if e.errno != errno.ENOTEMPTY:
+                    raise
+        os.rmdir(path)
+
+
+class Fragment(RuntimeFailure):
+    """A state directory without a lock file: a create killed right after mkdir."""
+
+
+def _lock(fd: int) -> None:
+    fcntl.lockf(fd, fcntl.LOCK_EX)
 
 
 def write_file_atomic(path: str, data: str) -> None:
     """Write a file the way runc writes --pid-file: temp file then rename."""
     directory = os.path.dirname(os.path.abspath(path))
     tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    except OSError as e:
+        # name the file the caller asked for, not our temporary one
+        raise OSError(e.errno, e.strerror, path) from None
     try:
         os.write(fd, data.encode())
     finally:

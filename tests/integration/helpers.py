@@ -29,24 +29,30 @@ def in_container_cgroup(pid: int, cid: str) -> bool:
     return pid in cgroup_procs(cid)
 
 
-def our_cgroups() -> set[str]:
+def cgroups_named(names: set[str]) -> set[str]:
+    """Cgroup directories (any hierarchy, top level) with one of these names.
+
+    Other test sessions may run on this machine at the same time, so checks
+    look only at the ids a test used, never at every pst- cgroup."""
     found: set[str] = set()
     for hierarchy in CGROUP_ROOT.iterdir():
         try:
             for entry in hierarchy.iterdir():
-                if entry.name.startswith(ID_PREFIX) and entry.is_dir():
+                if entry.name in names and entry.is_dir():
                     found.add(str(entry))
         except OSError:
             continue
     return found
 
 
-def snapshot(runtime: Runner, cid: str | None = None) -> dict[str, Any]:
-    """Everything an error must not change: state dirs, cgroups, the container's state."""
+def snapshot(runtime: Runner, cid: str | None = None, *others: str) -> dict[str, Any]:
+    """Everything an error must not change: the state dirs, the cgroups of the
+    ids involved, and the container's state."""
     root = runtime.root
+    names = {n for n in (cid, *others) if n}
     snap: dict[str, Any] = {
         "dirs": sorted(p.name for p in root.iterdir()) if root.is_dir() else [],
-        "cgroups": our_cgroups(),
+        "cgroups": cgroups_named(names | {ID_PREFIX + "does-not-exist"}),
     }
     if cid is not None:
         res = runtime("state", cid)

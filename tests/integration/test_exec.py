@@ -35,9 +35,7 @@ def _out(runtime: Runner, *args: str) -> str:
     return res.stdout
 
 
-def test_exec_docker_process_file(
-    runtime: Runner, running: int, cid: str, tmp_path: Path
-) -> None:
+def test_exec_docker_process_file(runtime: Runner, running: int, cid: str, tmp_path: Path) -> None:
     if not DOCKER_PROCESS.exists():
         pytest.skip(f"{DOCKER_PROCESS} is not available")
     process = json.loads(DOCKER_PROCESS.read_text())
@@ -50,9 +48,9 @@ def test_exec_docker_process_file(
     process["args"] = ["sh", "-c", "exit 9"]
     path.write_text(json.dumps(process))
     assert runtime("exec", "--process", str(path), cid).returncode == 9
-    fails(runtime, "exec", "--process", str(tmp_path / "nope.json"), cid, msg="nope.json")
+    fails(runtime, "exec", "--process", str(tmp_path / "nope.json"), cid, msg="nope.json", rc=255)
     path.write_text("{not json")
-    fails(runtime, "exec", "--process", str(path), cid, msg="invalid JSON")
+    fails(runtime, "exec", "--process", str(path), cid, msg="invalid JSON", rc=255)
 
 
 def test_exec_sees_the_container(runtime: Runner, running: int, cid: str) -> None:
@@ -71,12 +69,22 @@ def test_exec_sees_the_container(runtime: Runner, running: int, cid: str) -> Non
         assert int(out[5]) == len(f.read().splitlines())
     res = runtime("exec", cid, "sh", "-c", "echo err >&2; exit 3")
     assert (res.returncode, res.stderr) == (3, "err\n")
+    assert runtime("exec", cid, "sh", "-c", "kill -9 $$").returncode == 128 + 9
 
 
 def test_exec_overrides(runtime: Runner, running: int, cid: str) -> None:
     out = _out(
-        runtime, "--env", "FOO=bar", "-e", "BAZ=qux", "--cwd", "/tmp", cid,
-        "sh", "-c", "echo $FOO $BAZ; pwd",
+        runtime,
+        "--env",
+        "FOO=bar",
+        "-e",
+        "BAZ=qux",
+        "--cwd",
+        "/tmp",
+        cid,
+        "sh",
+        "-c",
+        "echo $FOO $BAZ; pwd",
     )
     assert out == "bar qux\n/tmp\n"
     assert _out(runtime, "--user", "1000:1000", cid, "id").strip() == "uid=1000 gid=1000"
@@ -96,13 +104,9 @@ def test_exec_overrides(runtime: Runner, running: int, cid: str) -> None:
     assert caps("--no-new-privs")["NoNewPrivs"] == 1
 
 
-def test_exec_detach_pid_file(
-    runtime: Runner, running: int, cid: str, tmp_path: Path
-) -> None:
+def test_exec_detach_pid_file(runtime: Runner, running: int, cid: str, tmp_path: Path) -> None:
     pid_file = tmp_path / "exec.pid"
-    runtime(
-        "exec", "--detach", "--pid-file", str(pid_file), cid, "sleep", "50", check=True
-    )
+    runtime("exec", "--detach", "--pid-file", str(pid_file), cid, "sleep", "50", check=True)
     pid = int(pid_file.read_text())
     assert alive(pid)
     assert in_container_cgroup(pid, cid)
@@ -116,9 +120,9 @@ def test_exec_detach_pid_file(
 
 def test_exec_refusals(runtime: Runner, running: int, cid: str) -> None:
     before = snapshot(runtime, cid)
-    fails(runtime, "exec", cid, msg="args must not be empty")
-    fails(runtime, "exec", "--user", "bob:x", cid, "id", msg="--user")
-    fails(runtime, "exec", "--tty", "--detach", cid, "sh", msg="cannot allocate tty")
+    fails(runtime, "exec", cid, msg="args must not be empty", rc=255)
+    fails(runtime, "exec", "--user", "bob:x", cid, "id", msg="--user", rc=255)
+    fails(runtime, "exec", "--tty", "--detach", cid, "sh", msg="cannot allocate tty", rc=255)
     fails(runtime, "exec", "--bogus", cid, "id", msg="flag provided but not defined: -bogus")
     res = runtime("exec", cid, "/no/such/binary")
     assert res.returncode != 0 and "/no/such/binary" in res.stderr

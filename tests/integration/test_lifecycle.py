@@ -5,8 +5,10 @@ error, each checked for its exit code, its wording and that nothing changed."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -29,7 +31,7 @@ from tests.integration.helpers import (
 
 STATE_KEYS = ["ociVersion", "id", "pid", "status", "bundle", "rootfs", "created", "owner"]
 SIG_LOOP = (
-    "for s in HUP USR1 USR2; do trap \"echo $s >> /dev/shm/sigs\" $s; done; "
+    'for s in HUP USR1 USR2; do trap "echo $s >> /dev/shm/sigs" $s; done; '
     "trap 'echo TERM >> /dev/shm/sigs; exit 0' TERM; "
     "echo ready > /dev/shm/ready; while :; do sleep 0.01; done"
 )
@@ -99,9 +101,7 @@ def test_state_layout_matches_runc(
     assert RFC3339_NANO.match(doc["created"])
 
 
-def test_run_attached_propagates_output_and_exit(
-    runtime: Runner, bundle: Bundle, cid: str
-) -> None:
+def test_run_attached_propagates_output_and_exit(runtime: Runner, bundle: Bundle, cid: str) -> None:
     bundle.args("sh", "-c", "echo out; echo err >&2; exit 5")
     res = runtime("run", "--bundle", str(bundle.path), cid)
     assert (res.returncode, res.stdout, res.stderr) == (5, "out\n", "err\n")
@@ -117,7 +117,9 @@ def test_run_attached_killed_by_signal(runtime: Runner, bundle: Bundle, cid: str
         stderr=subprocess.DEVNULL,
     )
     try:
-        wait_for(lambda: runtime("state", cid).returncode == 0 and status(runtime, cid) == "running")
+        wait_for(
+            lambda: runtime("state", cid).returncode == 0 and status(runtime, cid) == "running"
+        )
         runtime("kill", cid, "9", check=True)
         assert proc.wait(timeout=10) == 128 + 9
     finally:
@@ -130,7 +132,13 @@ def test_run_detach(runtime: Runner, bundle: Bundle, cid: str) -> None:
     pid_file = bundle.path.parent / "p.pid"
     t0 = time.monotonic()
     runtime(
-        "run", "--detach", "--pid-file", str(pid_file), "--bundle", str(bundle.path), cid,
+        "run",
+        "--detach",
+        "--pid-file",
+        str(pid_file),
+        "--bundle",
+        str(bundle.path),
+        cid,
         check=True,
     )
     assert time.monotonic() - t0 < 10
@@ -150,6 +158,7 @@ def test_kill_signals_reach_a_trap(runtime: Runner, bundle: Bundle, cid: str) ->
         runtime("kill", cid, sig, check=True)
         seen.append(name)
         wait_for(lambda: read_in(pid, "/dev/shm/sigs").split() == seen)
+    runtime("kill", cid, "0", check=True)  # a probe: delivers nothing
     runtime("kill", cid, check=True)  # default SIGTERM: the trap exits 0
     wait_status(runtime, cid, "stopped")
     fails(runtime, "kill", cid, "KILL", msg="container not running")
@@ -228,7 +237,9 @@ def test_create_existing_id(runtime: Runner, bundle: Bundle, cid: str) -> None:
     bundle.args("sleep", "100")
     runtime("create", "--bundle", str(bundle.path), cid, check=True)
     before = snapshot(runtime, cid)
-    fails(runtime, "create", "--bundle", str(bundle.path), cid, msg=f"container with id exists: {cid}")
+    fails(
+        runtime, "create", "--bundle", str(bundle.path), cid, msg=f"container with id exists: {cid}"
+    )
     fails(runtime, "run", "-d", "--bundle", str(bundle.path), cid, msg="container with id exists")
     assert snapshot(runtime, cid) == before
     runtime("delete", cid, check=True)
@@ -303,12 +314,14 @@ COUNTER = "i=0; while :; do i=$((i+1)); echo $i > /dev/shm/n; done"
 
 
 def _count(pid: int) -> int:
-    def value() -> int:
-        text = read_in(pid, "/dev/shm/n").strip()
-        return int(text) if text.isdigit() else 0
+    """The counter's value (0 while the file is being rewritten)."""
+    text = read_in(pid, "/dev/shm/n").strip()
+    return int(text) if text.isdigit() else 0
 
-    result: int = wait_for(value)
-    return result
+
+def _cpu_ticks(pid: int) -> int:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])  # utime + stime
 
 
 def test_pause_resume(runtime: Runner, bundle: Bundle, cid: str) -> None:
@@ -316,23 +329,29 @@ def test_pause_resume(runtime: Runner, bundle: Bundle, cid: str) -> None:
     runtime("run", "-d", "--bundle", str(bundle.path), cid, check=True)
     try:
         pid = runtime.state(cid)["pid"]
-        first = _count(pid)
+        first = wait_for(lambda: _count(pid))
         wait_for(lambda: _count(pid) > first)
         fails(runtime, "resume", cid, msg="container not paused")
         runtime("pause", cid, check=True)
         assert status(runtime, cid) == "paused"
-        frozen = _count(pid)
+        # frozen: neither the counter nor the CPU time moves (the freeze may
+        # have caught the file half rewritten, so compare raw contents)
+        frozen, ticks = read_in(pid, "/dev/shm/n"), _cpu_ticks(pid)
         time.sleep(0.2)
-        assert _count(pid) == frozen
+        assert (read_in(pid, "/dev/shm/n"), _cpu_ticks(pid)) == (frozen, ticks)
         before = snapshot(runtime, cid)
         fails(runtime, "pause", cid, msg="container not running")
-        fails(runtime, "start", cid, msg="cannot start an already running container")
+        fails(runtime, "start", cid, msg="cannot start a container in the paused state")
         fails(runtime, "exec", cid, "true", msg="paused")
-        fails(runtime, "delete", cid, msg=f"cannot delete container {cid} that is not stopped: paused")
+        fails(
+            runtime, "delete", cid, msg=f"cannot delete container {cid} that is not stopped: paused"
+        )
         assert snapshot(runtime, cid) == before
         runtime("resume", cid, check=True)
         assert status(runtime, cid) == "running"
-        wait_for(lambda: _count(pid) > frozen)
+        last = int(frozen) if frozen.strip().isdigit() else 0
+        wait_for(lambda: _count(pid) > last)
+        wait_for(lambda: _cpu_ticks(pid) > ticks)
         # a paused container can still be force-deleted
         runtime("pause", cid, check=True)
     finally:
@@ -340,18 +359,123 @@ def test_pause_resume(runtime: Runner, bundle: Bundle, cid: str) -> None:
     assert not alive(pid)
 
 
-def test_stopped_container_refuses_everything(
-    runtime: Runner, bundle: Bundle, cid: str
-) -> None:
+def test_stopped_container_refuses_everything(runtime: Runner, bundle: Bundle, cid: str) -> None:
     runtime("create", "--bundle", str(bundle.path), cid, check=True)
     runtime("start", cid, check=True)  # `true`
+    try:
+        wait_status(runtime, cid, "stopped")
+        before = snapshot(runtime, cid)
+        fails(runtime, "kill", cid, msg="container not running")
+        fails(runtime, "pause", cid, msg="container not running")
+        fails(runtime, "resume", cid, msg="container not paused")
+        fails(runtime, "exec", cid, "true", msg="stopped")
+        fails(runtime, "update", "--pids-limit", "10", cid, msg="container not running")
+        fails(runtime, "events", "--stats", cid, msg="container not running")
+        assert snapshot(runtime, cid) == before
+    finally:
+        runtime("delete", "--force", cid, check=True)
+
+
+def test_pause_created_container(runtime: Runner, bundle: Bundle, cid: str) -> None:
+    bundle.args("sleep", "100")
+    runtime("create", "--bundle", str(bundle.path), cid, check=True)
+    try:
+        runtime("pause", cid, check=True)
+        assert status(runtime, cid) == "paused"
+        before = snapshot(runtime, cid)
+        fails(runtime, "start", cid, msg="cannot start a container in the paused state")
+        assert snapshot(runtime, cid) == before
+        runtime("resume", cid, check=True)
+        assert status(runtime, cid) == "created"
+        runtime("start", cid, check=True)
+        assert status(runtime, cid) == "running"
+    finally:
+        runtime("delete", "--force", cid, check=True)
+
+
+def test_kill_created_container(runtime: Runner, bundle: Bundle, cid: str) -> None:
+    bundle.args("sleep", "100")
+    runtime("create", "--bundle", str(bundle.path), cid, check=True)
+    runtime("kill", cid, "KILL", check=True)
     wait_status(runtime, cid, "stopped")
-    before = snapshot(runtime, cid)
-    fails(runtime, "kill", cid, msg="container not running")
-    fails(runtime, "pause", cid, msg="container not running")
-    fails(runtime, "resume", cid, msg="container not paused")
-    fails(runtime, "exec", cid, "true", msg="stopped")
-    fails(runtime, "update", "--pids-limit", "10", cid, msg="container not running")
-    fails(runtime, "events", "--stats", cid, msg="container not running")
-    assert snapshot(runtime, cid) == before
+    fails(runtime, "start", cid, msg="cannot start a container that has stopped")
     runtime("delete", cid, check=True)
+
+
+def test_kill_paused_container(runtime: Runner, bundle: Bundle, cid: str) -> None:
+    bundle.args("sleep", "100")
+    runtime("run", "-d", "--bundle", str(bundle.path), cid, check=True)
+    try:
+        pid = runtime.state(cid)["pid"]
+        runtime("pause", cid, check=True)
+        assert json.loads(runtime("ps", "--format", "json", cid, check=True).stdout) == [pid]
+        assert json.loads(runtime("events", "--stats", cid, check=True).stdout)["id"] == cid
+        runtime("kill", cid, "KILL", check=True)  # SIGKILL to a paused init thaws it
+        wait_status(runtime, cid, "stopped")
+        runtime("delete", cid, check=True)
+    finally:
+        runtime("delete", "--force", cid, check=True)
+
+
+def test_external_kill_then_delete(runtime: Runner, bundle: Bundle, cid: str) -> None:
+    bundle.args("sleep", "100")
+    runtime("run", "-d", "--bundle", str(bundle.path), cid, check=True)
+    pid = runtime.state(cid)["pid"]
+    os.kill(pid, signal.SIGKILL)
+    wait_status(runtime, cid, "stopped")
+    assert runtime.state(cid)["pid"] == 0
+    runtime("delete", cid, check=True)
+    assert not cgroup_dir("pids", cid).exists()
+
+
+def test_bad_pid_file_creates_nothing(runtime: Runner, bundle: Bundle, cid: str) -> None:
+    bundle.args("sleep", "100")
+    pid_file = bundle.path.parent / "missing-dir" / "init.pid"
+    runtime.root.mkdir(parents=True, exist_ok=True)
+    before = snapshot(runtime, None, cid)
+    err = fails(
+        runtime,
+        "create",
+        "--bundle",
+        str(bundle.path),
+        "--pid-file",
+        str(pid_file),
+        cid,
+        msg=str(pid_file),
+    )
+    assert "No such file or directory" in err
+    assert snapshot(runtime, None, cid) == before
+
+
+def test_run_forwards_signals(runtime: Runner, bundle: Bundle, cid: str) -> None:
+    bundle.args(
+        "sh", "-c", 'trap "echo got TERM; exit 7" TERM; echo ready; while :; do sleep 0.01; done'
+    )
+    proc = subprocess.Popen(
+        runtime.cmd("run", "--bundle", str(bundle.path), cid), stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == "ready\n"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.stdout.read() == "got TERM\n"
+        assert proc.wait(timeout=10) == 7
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_delete_stopped_reaps_leftovers(runtime: Runner, bundle: Bundle, cid: str) -> None:
+    """Without a pid namespace init's death leaves its children: delete kills them."""
+    ns = bundle.config["linux"]["namespaces"]
+    bundle.config["linux"]["namespaces"] = [n for n in ns if n["type"] != "pid"]
+    bundle.args("sh", "-c", "sleep 100 & exec sleep 101")
+    runtime("run", "-d", "--bundle", str(bundle.path), cid, check=True)
+    wait_for(lambda: len(cgroup_procs(cid)) == 2)
+    child = next(p for p in cgroup_procs(cid) if p != runtime.state(cid)["pid"])
+    runtime("kill", cid, "KILL", check=True)
+    wait_status(runtime, cid, "stopped")
+    assert json.loads(runtime("ps", "--format", "json", cid, check=True).stdout) == [child]
+    runtime("delete", cid, check=True)
+    assert not alive(child)
+    assert not cgroup_dir("pids", cid).exists()
