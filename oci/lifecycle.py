@@ -25,6 +25,7 @@ from pysandbox.oci.state import (
     RUNNING,
     STOPPED,
     ContainerRecord,
+    Fragment,
     StateStore,
     process_start_time,
     process_state,
@@ -145,26 +146,28 @@ class Runtime:
             except SeccompError as e:
                 raise RuntimeFailure(str(e)) from None
 
-        state_dir = self.store.create_dir(cid)
-        rec = ContainerRecord(
-            id=cid,
-            bundle=spec.bundle,
-            rootfs=spec.root.path,
-            created_ns=time.time_ns(),
-            annotations=dict(spec.annotations),
-            cgroup=cgroup.to_dict(),
-            hooks={
-                "poststart": [_hook_dict(h) for h in spec.hooks.poststart],
-                "poststop": [_hook_dict(h) for h in spec.hooks.poststop],
-            },
-            namespaces={n.type: n.path or "" for n in spec.linux.namespaces},
-        )
-        try:
-            self.store.save(rec, partial=True)
-            return self._create_in(state_dir, rec, spec, cgroup, seccomp, opts, attached)
-        except BaseException:
-            self._teardown(rec, cgroup)
-            raise
+        # The lock is held until create returns (init waiting on the fifo) or
+        # has undone everything: a concurrent delete waits for either.
+        with self.store.creating(cid) as state_dir:
+            rec = ContainerRecord(
+                id=cid,
+                bundle=spec.bundle,
+                rootfs=spec.root.path,
+                created_ns=time.time_ns(),
+                annotations=dict(spec.annotations),
+                cgroup=cgroup.to_dict(),
+                hooks={
+                    "poststart": [_hook_dict(h) for h in spec.hooks.poststart],
+                    "poststop": [_hook_dict(h) for h in spec.hooks.poststop],
+                },
+                namespaces={n.type: n.path or "" for n in spec.linux.namespaces},
+            )
+            try:
+                self.store.save(rec, partial=True)
+                return self._create_in(state_dir, rec, spec, cgroup, seccomp, opts, attached)
+            except BaseException:
+                self._teardown(rec, cgroup)
+                raise
 
     def _create_in(
         self,
@@ -317,9 +320,17 @@ class Runtime:
         self._run_poststart(rec)
 
     def _release_fifo(self, rec: ContainerRecord) -> None:
+        """Let init past the exec fifo: read its byte, then remove the fifo.
+
+        A start killed after the read but before the unlink leaves a fifo
+        nobody will ever write to again; init has gone on to exec the
+        workload. The next start sees that init no longer holds the fifo
+        open and only finishes the job, instead of waiting forever.
+        """
         path = os.path.join(self.store.dir(rec.id), EXEC_FIFO)
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         try:
+            fifo = os.fstat(fd)
             while True:
                 ready, _, _ = select.select([fd], [], [], 0.05)
                 if ready:
@@ -331,10 +342,11 @@ class Runtime:
                         break
                 if not self._alive(rec):
                     raise RuntimeFailure("cannot start a container that has stopped")
-                if not ready:
-                    continue
-                # EOF before the writer arrived: init has not reached the fifo yet.
-                time.sleep(0.001)
+                if not _holds_open(rec.pid, fifo):
+                    break  # released by an earlier start that did not finish
+                if ready:
+                    # EOF: a writer came and went; wait for init's open.
+                    time.sleep(0.001)
         finally:
             os.close(fd)
         with contextlib.suppress(FileNotFoundError):
@@ -378,6 +390,9 @@ class Runtime:
                 raise RuntimeFailure("container not running") from None
         finally:
             os.close(pidfd)
+        if st == PAUSED and sig == signal.SIGKILL and rec.cgroup:
+            # A frozen task cannot act on SIGKILL: thaw so it dies now (runc does too).
+            self._cgroup(rec).thaw()
 
     # --- delete --------------------------------------------------------------------
     def delete(self, cid: str, *, force: bool = False) -> None:
@@ -386,17 +401,27 @@ class Runtime:
             if force:
                 return
             raise RuntimeFailure("container does not exist")
-        with self.store.locked(cid):
-            try:
-                rec = self.store.load(cid)
-            except RuntimeFailure:
-                # A create killed before it wrote anything: only the directory exists.
-                self.store.remove(cid)
+        try:
+            with self.store.locked(cid):
+                try:
+                    rec = self.store.load(cid)
+                except RuntimeFailure:
+                    # A create killed before it wrote anything: the directory
+                    # and its lock file, nothing else.
+                    self.store.remove(cid)
+                    return
+                st = self.status(rec)
+                if st in (RUNNING, PAUSED) and not force:
+                    raise RuntimeFailure(f"cannot delete container {cid} that is not stopped: {st}")
+                self.destroy(rec)
+        except Fragment:
+            # A create killed between its mkdir and its lock file.
+            self.store.remove(cid)
+        except RuntimeFailure:
+            # Another delete won the race: with --force that is success too.
+            if force and not self.store.exists(cid):
                 return
-            st = self.status(rec)
-            if st in (RUNNING, PAUSED) and not force:
-                raise RuntimeFailure(f"cannot delete container {cid} that is not stopped: {st}")
-            self.destroy(rec)
+            raise
 
     def destroy(self, rec: ContainerRecord) -> None:
         """Kill whatever is left, remove the cgroup, run poststop, drop the state."""
@@ -454,6 +479,10 @@ class Runtime:
             # Init is stage 1's child; as subreaper we inherit it and can wait for it.
             k.prctl(k.PR_SET_CHILD_SUBREAPER, 1)
         launched = self.create(cid, opts, attached=not detach)
+        if not detach:
+            # Before start: once the workload runs, a signal meant for it must
+            # not find us with default dispositions (and kill us instead).
+            forward_signals(launched.pid)
         try:
             self.start(cid)
         except BaseException:
@@ -471,25 +500,32 @@ class Runtime:
                     self.destroy(rec)
 
 
-def wait_foreground(launched: Launched, log: Logger) -> int:
-    """Forward signals to the container process and return its exit code."""
-    pid = launched.pid
-    forwarded = (
-        signal.SIGINT,
-        signal.SIGTERM,
-        signal.SIGHUP,
-        signal.SIGQUIT,
-        signal.SIGUSR1,
-        signal.SIGUSR2,
-        signal.SIGWINCH,
-    )
+_FORWARDED = (
+    signal.SIGINT,
+    signal.SIGTERM,
+    signal.SIGHUP,
+    signal.SIGQUIT,
+    signal.SIGUSR1,
+    signal.SIGUSR2,
+    signal.SIGWINCH,
+)
+
+
+def forward_signals(pid: int) -> None:
+    """From now on, the signals a foreground runtime receives go to pid."""
 
     def forward(signum: int, _frame: object) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signum)
 
-    for s in forwarded:
+    for s in _FORWARDED:
         signal.signal(s, forward)
+
+
+def wait_foreground(launched: Launched, log: Logger) -> int:
+    """Forward signals to the container process and return its exit code."""
+    pid = launched.pid
+    forward_signals(pid)
     if launched.console is not None:
         from pysandbox.oci.console import proxy_terminal, recv_pty_master
 
@@ -519,6 +555,26 @@ def _has_processes(cg: CgroupManager) -> bool:
         return bool(cg.pids())
     except Exception:
         return True  # unknown: take the thorough path
+
+
+def _holds_open(pid: int, target: os.stat_result) -> bool:
+    """Whether process pid has an fd on the same file as target.
+
+    Errors count as "yes": only a clear "no" may change what we do.
+    """
+    fd_dir = f"/proc/{pid}/fd"
+    try:
+        names = os.listdir(fd_dir)
+    except OSError:
+        return True
+    for name in names:
+        try:
+            st = os.stat(os.path.join(fd_dir, name))
+        except OSError:
+            continue
+        if st.st_ino == target.st_ino and st.st_dev == target.st_dev:
+            return True
+    return False
 
 
 def _wait_gone(rec: ContainerRecord, timeout: float) -> None:

@@ -292,6 +292,11 @@ def _stage2(plan: LaunchPlan, sock: socket.socket) -> None:
 
                 state = _state_for_start_hooks(plan)
                 run_hooks(plan.spec.hooks.start_container, state, kind="startContainer")
+        # Python ignores SIGPIPE and SIGXFSZ; an ignored signal stays ignored
+        # across execve, and the workload must get the defaults.
+        with contextlib.suppress(OSError):  # a seccomp profile may deny rt_sigaction
+            signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+            signal.signal(signal.SIGXFSZ, signal.SIG_DFL)
         os.execve(exe, process.args, env)
     except BaseException as e:
         sync.child_fail(sock, _describe(e))

@@ -3,6 +3,7 @@ SOCK_SEQPACKET socketpair (one message per datagram, EOF when a side dies)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -11,7 +12,7 @@ from pysandbox.oci.log import RuntimeFailure
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any
+    from typing import Any, NoReturn
 
 
 class SyncClosed(RuntimeFailure):
@@ -24,15 +25,39 @@ def pair() -> tuple[socket.socket, socket.socket]:
 
 
 def send(sock: socket.socket, kind: str, **fields: Any) -> None:
-    sock.send(json.dumps({"t": kind, **fields}).encode())
+    try:
+        sock.send(json.dumps({"t": kind, **fields}).encode())
+    except OSError as e:
+        # The other side is gone. It may have said why before it went: that
+        # message is still queued for us and is what the user must see.
+        _raise_last_words(sock, e)
 
 
 def recv(sock: socket.socket) -> dict[str, Any]:
-    raw = sock.recv(65536)
+    try:
+        raw = sock.recv(65536)
+    except OSError as e:
+        _raise_last_words(sock, e)
     if not raw:
         raise SyncClosed("container init exited unexpectedly")
-    msg: dict[str, Any] = json.loads(raw)
+    try:
+        msg: dict[str, Any] = json.loads(raw)
+    except ValueError:
+        raise RuntimeFailure("container init sent a malformed message") from None
+    if not isinstance(msg, dict):
+        raise RuntimeFailure("container init sent a malformed message")
     return msg
+
+
+def _raise_last_words(sock: socket.socket, err: OSError) -> NoReturn:
+    """Raise the peer's queued ``error`` message, or SyncClosed."""
+    with contextlib.suppress(OSError, ValueError):
+        raw = sock.recv(65536, socket.MSG_DONTWAIT)
+        msg = json.loads(raw) if raw else None
+        if isinstance(msg, dict) and msg.get("t") == "error":
+            raise RuntimeFailure(str(msg.get("msg", "unknown error"))) from None
+    reason = err.strerror or str(err)
+    raise SyncClosed(f"container init exited unexpectedly ({reason.lower()})") from None
 
 
 def expect(sock: socket.socket, kind: str) -> dict[str, Any]:

@@ -342,7 +342,7 @@ def test_pause_resume(runtime: Runner, bundle: Bundle, cid: str) -> None:
         before = snapshot(runtime, cid)
         fails(runtime, "pause", cid, msg="container not running")
         fails(runtime, "start", cid, msg="cannot start a container in the paused state")
-        fails(runtime, "exec", cid, "true", msg="paused")
+        fails(runtime, "exec", cid, "true", msg="paused", rc=255)
         fails(
             runtime, "delete", cid, msg=f"cannot delete container {cid} that is not stopped: paused"
         )
@@ -368,7 +368,7 @@ def test_stopped_container_refuses_everything(runtime: Runner, bundle: Bundle, c
         fails(runtime, "kill", cid, msg="container not running")
         fails(runtime, "pause", cid, msg="container not running")
         fails(runtime, "resume", cid, msg="container not paused")
-        fails(runtime, "exec", cid, "true", msg="stopped")
+        fails(runtime, "exec", cid, "true", msg="stopped", rc=255)
         fails(runtime, "update", "--pids-limit", "10", cid, msg="container not running")
         fails(runtime, "events", "--stats", cid, msg="container not running")
         assert snapshot(runtime, cid) == before
