@@ -41,6 +41,9 @@ _scan = _json.make_scanner(_Context())  # type: ignore[arg-type]
 _encode = _json.make_encoder(
     None, _no_default, _json.encode_basestring_ascii, None, ":", ",", False, False, True
 )
+_encode_sorted = _json.make_encoder(
+    None, _no_default, _json.encode_basestring_ascii, None, ":", ",", True, False, True
+)
 _WS = " \t\n\r"
 
 
@@ -64,3 +67,21 @@ def dumps(obj: Any) -> str:
     """Compact JSON (separators "," and ":"), ASCII-escaped, like json.dumps with
     separators=(",", ":")."""
     return "".join(_encode(obj, 0))
+
+
+def dumps_sorted(obj: Any) -> str:
+    """Canonical compact JSON: keys sorted (for hashing)."""
+    return "".join(_encode_sorted(obj, 0))
+
+
+def sha256_hex(data: bytes) -> str:
+    """sha256 without hashlib, which loads OpenSSL at import (the builtin
+    _sha256 is the same digest)."""
+    try:
+        import _sha256  # type: ignore[import-not-found]
+    except ImportError:  # pragma: no cover - interpreters without the builtin
+        import hashlib
+
+        return hashlib.sha256(data).hexdigest()
+    digest: str = _sha256.sha256(data).hexdigest()
+    return digest

@@ -12,6 +12,7 @@ import os
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import Final
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -370,3 +371,26 @@ def inotify_add_watch(fd: int, path: str, mask: int) -> int:
 TIOCGPTN: Final = 0x80045430  # _IOR('T', 0x30, unsigned int): pty number of a master
 TIOCSPTLCK: Final = 0x40045431  # _IOW('T', 0x31, int): (un)lock the slave
 TIOCGPTPEER: Final = 0x5441  # _IO('T', 0x41): open the slave from the master (4.13+)
+
+
+# --- signals -------------------------------------------------------------------
+# Numbers (x86_64) and dispositions without the `signal` module, whose enum
+# wrappers cost more at start-up than everything else in this file.
+SIGHUP: Final = 1
+SIGINT: Final = 2
+SIGQUIT: Final = 3
+SIGKILL: Final = 9
+SIGUSR1: Final = 10
+SIGUSR2: Final = 12
+SIGPIPE: Final = 13
+SIGTERM: Final = 15
+SIGCHLD: Final = 17
+SIGXFSZ: Final = 25
+SIGWINCH: Final = 28
+
+
+def set_signal_handler(signum: int, handler: Callable[[int, object], None] | None) -> None:
+    """Install a Python handler, or the default disposition for None."""
+    import _signal  # type: ignore[import-not-found]  # the enum-free core of `signal`
+
+    _signal.signal(signum, _signal.SIG_DFL if handler is None else handler)

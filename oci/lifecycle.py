@@ -5,15 +5,14 @@ before ``create`` returns undoes what it did."""
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import select
-import signal
 import socket
 import time
 from collections.abc import Callable
 
 from pysandbox import OCI_VERSION
+from pysandbox.oci import jsonio
 from pysandbox.oci import kernel as k
 from pysandbox.oci.log import Logger, RuntimeFailure, rfc3339_nano
 from pysandbox.oci.records import record
@@ -103,6 +102,8 @@ class Runtime:
 
     def state(self, cid: str) -> str:
         rec = self.store.load(cid)
+        import json  # indented output: the json module's job, off the start path
+
         return json.dumps(self.state_document(rec), indent=2)
 
     # --- create ------------------------------------------------------------------
@@ -203,7 +204,7 @@ class Runtime:
 
         # exec needs the container's process and seccomp profile; the bundle
         # may be gone by then, so keep a copy.
-        write_file_atomic(os.path.join(state_dir, "config.json"), json.dumps(spec.raw))
+        write_file_atomic(os.path.join(state_dir, "config.json"), jsonio.dumps(spec.raw))
         fifo = os.path.join(state_dir, EXEC_FIFO)
         os.mkfifo(fifo, 0o622)
         fifo_fd = os.open(fifo, os.O_PATH | os.O_CLOEXEC)
@@ -292,13 +293,13 @@ class Runtime:
             "bundle": rec.bundle,
             "annotations": rec.annotations,
         }
-        return json.dumps(doc).encode()
+        return jsonio.dumps(doc).encode()
 
     def _teardown(self, rec: ContainerRecord, cgroup: CgroupManager | None) -> None:
         """Undo a create that failed half way; must not raise."""
         if rec.pid and self._alive(rec):
             with contextlib.suppress(OSError):
-                os.kill(rec.pid, signal.SIGKILL)
+                os.kill(rec.pid, k.SIGKILL)
         if cgroup is not None:
             with contextlib.suppress(Exception):
                 cgroup.destroy()
@@ -376,7 +377,7 @@ class Runtime:
         if all_processes and rec.cgroup:
             cg = self._cgroup(rec)
             cg.kill_all(sig)
-            if st == PAUSED and sig == signal.SIGKILL:
+            if st == PAUSED and sig == k.SIGKILL:
                 cg.thaw()
             return
         pidfd = os.pidfd_open(rec.pid)
@@ -390,7 +391,7 @@ class Runtime:
                 raise RuntimeFailure("container not running") from None
         finally:
             os.close(pidfd)
-        if st == PAUSED and sig == signal.SIGKILL and rec.cgroup:
+        if st == PAUSED and sig == k.SIGKILL and rec.cgroup:
             # A frozen task cannot act on SIGKILL: thaw so it dies now (runc does too).
             self._cgroup(rec).thaw()
 
@@ -428,14 +429,14 @@ class Runtime:
         cg = self._cgroup(rec) if rec.cgroup else None
         if rec.pid and self._alive(rec):
             with contextlib.suppress(ProcessLookupError):
-                os.kill(rec.pid, signal.SIGKILL)
+                os.kill(rec.pid, k.SIGKILL)
         # An empty cgroup (the common case: init has exited) needs no freezing
         # and signalling, and each freezer round trip costs milliseconds.
         if cg is not None and _has_processes(cg):
             with contextlib.suppress(Exception):
                 cg.thaw()
             with contextlib.suppress(Exception):
-                cg.kill_all(signal.SIGKILL)
+                cg.kill_all(k.SIGKILL)
         _wait_gone(rec, 5.0)
         if cg is not None:
             try:
@@ -500,15 +501,7 @@ class Runtime:
                     self.destroy(rec)
 
 
-_FORWARDED = (
-    signal.SIGINT,
-    signal.SIGTERM,
-    signal.SIGHUP,
-    signal.SIGQUIT,
-    signal.SIGUSR1,
-    signal.SIGUSR2,
-    signal.SIGWINCH,
-)
+_FORWARDED = (k.SIGINT, k.SIGTERM, k.SIGHUP, k.SIGQUIT, k.SIGUSR1, k.SIGUSR2, k.SIGWINCH)
 
 
 def forward_signals(pid: int) -> None:
@@ -519,7 +512,7 @@ def forward_signals(pid: int) -> None:
             os.kill(pid, signum)
 
     for s in _FORWARDED:
-        signal.signal(s, forward)
+        k.set_signal_handler(s, forward)
 
 
 def wait_foreground(launched: Launched, log: Logger) -> int:
@@ -531,7 +524,7 @@ def wait_foreground(launched: Launched, log: Logger) -> int:
 
         master, _name = recv_pty_master(launched.console)
         launched.console.close()
-        signal.signal(signal.SIGWINCH, signal.SIG_DFL)
+        k.set_signal_handler(k.SIGWINCH, None)
         proxy_terminal(master, child_alive=lambda: process_state(pid) not in ("", "Z"))
         os.close(master)
     while True:
@@ -727,6 +720,8 @@ def parse_signal(text: str) -> int:
     if not t.startswith("SIG"):
         t = "SIG" + t
     try:
+        import signal
+
         return int(signal.Signals[t])
     except KeyError:
         raise RuntimeFailure(f"unknown signal {text!r}") from None

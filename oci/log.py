@@ -8,10 +8,11 @@ message also goes to stderr, which is what containerd and podman show. Without
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
+
+from pysandbox.oci import jsonio
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -55,8 +56,8 @@ class Logger:
         if self.fmt == "json":
             # logrus' JSONFormatter writes compact objects
             record = {"level": level, "msg": msg, "time": rfc3339()}
-            return json.dumps(record, separators=(",", ":")) + "\n"
-        return f'time="{rfc3339()}" level={level} msg={json.dumps(msg)}\n'
+            return jsonio.dumps(record) + "\n"
+        return f'time="{rfc3339()}" level={level} msg={jsonio.dumps(msg)}\n'
 
     def log(self, level: str, msg: str) -> None:
         try:

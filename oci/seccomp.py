@@ -38,15 +38,18 @@ Semantics follow what runc documents and does:
 from __future__ import annotations
 
 import io
-import json
 import os
 import struct
 from collections.abc import Mapping, Sequence
-from typing import Any, Final, NamedTuple
 
+from pysandbox.oci import jsonio
 from pysandbox.oci.records import record
 
 from . import kernel
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Final
 
 __all__ = [
     "SUPPORTED_ACTIONS",
@@ -177,21 +180,24 @@ class CompiledFilter:
     listener_metadata: str | None
 
 
-class _Cond(NamedTuple):
+@record
+class _Cond:
     arg: int
     op: int
     value: int
     value_two: int
 
 
-class _Rule(NamedTuple):
+@record
+class _Rule:
     field: str  # "linux.seccomp.syscalls[i]"
     names: tuple[str, ...]
     action: int
     conds: tuple[_Cond, ...]
 
 
-class _Plan(NamedTuple):
+@record
+class _Plan:
     default_action: int
     arches: tuple[int, ...]
     rules: tuple[_Rule, ...]
@@ -463,10 +469,8 @@ def compile_bpf(seccomp: Mapping[str, Any]) -> CompiledFilter:
 
 
 def _cache_key(seccomp: Mapping[str, Any]) -> str:
-    import hashlib
-
-    canon = json.dumps(seccomp, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
-    return hashlib.sha256(f"{_CACHE_FORMAT}\n{canon}".encode()).hexdigest()
+    canon = jsonio.dumps_sorted(seccomp)
+    return jsonio.sha256_hex(f"{_CACHE_FORMAT}\n{canon}".encode())
 
 
 def compile_cached(seccomp: Mapping[str, Any], cache_dir: str | None) -> CompiledFilter:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import socket
 from collections.abc import Callable
 
@@ -135,7 +134,7 @@ def launch(
         for pid in (pid1, init_pid):
             if pid:
                 with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
+                    os.kill(pid, k.SIGKILL)
         if pid1:
             _reap(pid1)
         parent.close()
@@ -163,7 +162,7 @@ def _write_id_maps(pid: int, uids: list[IdMapping], gids: list[IdMapping]) -> No
 
 def _stage1(plan: LaunchPlan, sock: socket.socket) -> None:
     try:
-        k.prctl(k.PR_SET_PDEATHSIG, signal.SIGKILL)
+        k.prctl(k.PR_SET_PDEATHSIG, k.SIGKILL)
         if os.getppid() == 1:
             os._exit(1)
         # Open every path first: joining a mount namespace changes what paths mean.
@@ -295,8 +294,8 @@ def _stage2(plan: LaunchPlan, sock: socket.socket) -> None:
         # Python ignores SIGPIPE and SIGXFSZ; an ignored signal stays ignored
         # across execve, and the workload must get the defaults.
         with contextlib.suppress(OSError):  # a seccomp profile may deny rt_sigaction
-            signal.signal(signal.SIGPIPE, signal.SIG_DFL)
-            signal.signal(signal.SIGXFSZ, signal.SIG_DFL)
+            k.set_signal_handler(k.SIGPIPE, None)
+            k.set_signal_handler(k.SIGXFSZ, None)
         os.execve(exe, process.args, env)
     except BaseException as e:
         sync.child_fail(sock, _describe(e))

@@ -18,12 +18,11 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import json
 import os
-import re
 import time
 from collections.abc import Iterator
 
+from pysandbox.oci import jsonio
 from pysandbox.oci.log import RuntimeFailure
 from pysandbox.oci.records import as_dict, field, record
 
@@ -36,7 +35,6 @@ STATE_FILE = "state.json"
 EXEC_FIFO = "exec.fifo"
 LOCK_FILE = "lock"
 
-_ID_RE = re.compile(r"^[\w+\-.]+$")
 
 CREATING = "creating"
 CREATED = "created"
@@ -45,8 +43,16 @@ PAUSED = "paused"
 STOPPED = "stopped"
 
 
+_ID_PUNCTUATION = frozenset("_+-.")
+
+
+def _valid_id_chars(container_id: str) -> bool:
+    """runc's ^[\\w+\\-.]+$ without importing re: letters, digits, _ + - ."""
+    return all(c.isalnum() or c in _ID_PUNCTUATION for c in container_id)
+
+
 def validate_id(container_id: str) -> None:
-    if not container_id or not _ID_RE.match(container_id) or container_id in (".", ".."):
+    if not container_id or container_id in (".", "..") or not _valid_id_chars(container_id):
         raise RuntimeFailure("invalid container ID format")
 
 
@@ -72,11 +78,11 @@ class ContainerRecord:
     console_used: bool = False
 
     def to_json(self) -> str:
-        return json.dumps(as_dict(self), separators=(",", ":"))
+        return jsonio.dumps(as_dict(self))
 
     @classmethod
     def from_json(cls, text: str) -> ContainerRecord:
-        data = json.loads(text)
+        data = jsonio.loads(text)
         known = {k: v for k, v in data.items() if k in {n for n, _ in cls.__record_fields__}}  # type: ignore[attr-defined]
         return cls(**known)
 

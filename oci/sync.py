@@ -4,10 +4,10 @@ SOCK_SEQPACKET socketpair (one message per datagram, EOF when a side dies)."""
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import socket
 
+from pysandbox.oci import jsonio
 from pysandbox.oci.log import RuntimeFailure
 
 TYPE_CHECKING = False
@@ -26,7 +26,7 @@ def pair() -> tuple[socket.socket, socket.socket]:
 
 def send(sock: socket.socket, kind: str, **fields: Any) -> None:
     try:
-        sock.send(json.dumps({"t": kind, **fields}).encode())
+        sock.send(jsonio.dumps({"t": kind, **fields}).encode())
     except OSError as e:
         # The other side is gone. It may have said why before it went: that
         # message is still queued for us and is what the user must see.
@@ -41,7 +41,7 @@ def recv(sock: socket.socket) -> dict[str, Any]:
     if not raw:
         raise SyncClosed("container init exited unexpectedly")
     try:
-        msg: dict[str, Any] = json.loads(raw)
+        msg: dict[str, Any] = jsonio.loads(raw)
     except ValueError:
         raise RuntimeFailure("container init sent a malformed message") from None
     if not isinstance(msg, dict):
@@ -53,7 +53,7 @@ def _raise_last_words(sock: socket.socket, err: OSError) -> NoReturn:
     """Raise the peer's queued ``error`` message, or SyncClosed."""
     with contextlib.suppress(OSError, ValueError):
         raw = sock.recv(65536, socket.MSG_DONTWAIT)
-        msg = json.loads(raw) if raw else None
+        msg = jsonio.loads(raw) if raw else None
         if isinstance(msg, dict) and msg.get("t") == "error":
             raise RuntimeFailure(str(msg.get("msg", "unknown error"))) from None
     reason = err.strerror or str(err)

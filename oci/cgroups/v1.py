@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import os
-import signal
 import time
 from collections.abc import Mapping
 
+from .. import kernel
 from . import (
     CgroupError,
     CgroupManager,
@@ -585,7 +585,7 @@ class V1Manager(CgroupManager):
             pids = self.pids()
             if not pids:
                 return
-            signal_pids(pids, signal.SIGKILL)
+            signal_pids(pids, kernel.SIGKILL)
             if time.monotonic() > deadline:
                 log.warning("cgroup: processes %s survived SIGKILL in %s", pids, self.path)
                 return

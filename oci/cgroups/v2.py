@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import select
-import signal
 import time
 from collections.abc import Mapping
 
@@ -317,7 +316,7 @@ class V2Manager(CgroupManager):
         return tree_pids(self.dir)
 
     def kill_all(self, sig: int) -> None:
-        if sig == signal.SIGKILL and os.path.exists(os.path.join(self.dir, "cgroup.kill")):
+        if sig == kernel.SIGKILL and os.path.exists(os.path.join(self.dir, "cgroup.kill")):
             write_file(self.dir, "cgroup.kill", 1)
             return
         frozen_here = False
@@ -457,7 +456,7 @@ class V2Manager(CgroupManager):
             pids = self.pids()
             if not pids:
                 break
-            signal_pids(pids, signal.SIGKILL)
+            signal_pids(pids, kernel.SIGKILL)
             if time.monotonic() > deadline:
                 log.warning("cgroup: processes %s survived SIGKILL in %s", pids, self.path)
                 break
