@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 
 from pysandbox.oci import kernel as k
 from pysandbox.oci.lifecycle import Runtime, wait_foreground
@@ -14,6 +13,7 @@ from pysandbox.oci.state import CREATED, PAUSED, RUNNING, STOPPED, write_file_at
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import socket
     from typing import Any
 
     from pysandbox.oci.cli import Parsed
@@ -71,9 +71,10 @@ def build_process(p: Parsed, base: dict[str, Any]) -> Process:
 
 
 def exec_command(root: str, log: Logger, p: Parsed) -> int:
-    from pysandbox.oci.cgroups import manager_from_dict
+    from pysandbox.oci.cgroups import manager_from_dict, prime_migration, stop_priming
     from pysandbox.oci.spawn import LaunchPlan, launch
 
+    prime_migration()  # the cgroup join below then costs no grace period
     rt = Runtime(root, log)
     cid = p.args[0]
     rec = rt.store.load(cid)
@@ -110,6 +111,8 @@ def exec_command(root: str, log: Logger, p: Parsed) -> int:
 
             console_sock = connect_console_socket(console_path)
         else:
+            import socket
+
             ours, console_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     plan = LaunchPlan(
         process=process,
@@ -132,6 +135,7 @@ def exec_command(root: str, log: Logger, p: Parsed) -> int:
     try:
         launched = launch(plan)
     finally:
+        stop_priming()
         if console_sock is not None:
             console_sock.close()
     launched.sock.close()

@@ -336,16 +336,18 @@ _IFF_UP: Final = 0x1
 
 def set_link_up(name: str) -> None:
     """Bring an interface of the current network namespace up (runc does this for lo)."""
+    import _socket  # the C core: the socket module's enums cost a millisecond here
     import fcntl
-    import socket
     import struct
 
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+    s = _socket.socket(_socket.AF_INET, _socket.SOCK_DGRAM)
+    try:
         req = struct.pack("16sH14x", name.encode(), 0)
         flags = struct.unpack("16sH14x", fcntl.ioctl(s.fileno(), _SIOCGIFFLAGS, req))[1]
-        fcntl.ioctl(
-            s.fileno(), _SIOCSIFFLAGS, struct.pack("16sH14x", name.encode(), flags | _IFF_UP)
-        )
+        up = struct.pack("16sH14x", name.encode(), flags | _IFF_UP)
+        fcntl.ioctl(s.fileno(), _SIOCSIFFLAGS, up)
+    finally:
+        s.close()
 
 
 # --- inotify (cgroups v2 OOM events) -----------------------------------------

@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import os
 import select
-import socket
 import time
 from collections.abc import Callable
 
@@ -34,6 +33,7 @@ from pysandbox.oci.state import (
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import socket
     from typing import Any
 
     from pysandbox.oci.cgroups import CgroupManager
@@ -180,24 +180,29 @@ class Runtime:
         opts: CreateOptions,
         attached: bool,
     ) -> Launched:
-        from pysandbox.oci.cgroups import CgroupError
+        from pysandbox.oci.cgroups import CgroupError, prime_migration, stop_priming
         from pysandbox.oci.rootfs import RootfsBuilder
         from pysandbox.oci.spawn import LaunchPlan, launch
 
         assert spec.process is not None
+        try:
+            # Record the directories create() is about to make *before* making
+            # them: a create killed half way through the mkdirs must not leave
+            # cgroups that delete does not know of. Then record what it really
+            # made (a directory made meanwhile by someone else is theirs).
+            rec.cgroup = {**cgroup.to_dict(), "created": _planned_cgroup_dirs(cgroup)}
+            self.store.save(rec, partial=True)
+            cgroup.create()
+        except CgroupError as e:
+            raise RuntimeFailure(str(e)) from None
+        rec.cgroup = cgroup.to_dict()
+        self.store.save(rec, partial=True)
+        # After the mkdirs: a migration waiting out its grace period holds
+        # cgroup_mutex, which mkdir needs too.
+        prime_migration()
 
         def prepare_cgroup() -> None:
             try:
-                # Record the directories create() is about to make *before*
-                # making them: a create killed half way through the mkdirs must
-                # not leave cgroups that delete does not know of. Then record
-                # what it really made (a directory made meanwhile by someone
-                # else is theirs).
-                rec.cgroup = {**cgroup.to_dict(), "created": _planned_cgroup_dirs(cgroup)}
-                self.store.save(rec, partial=True)
-                cgroup.create()
-                rec.cgroup = cgroup.to_dict()
-                self.store.save(rec, partial=True)
                 cgroup.apply(effective_resources(spec))
             except CgroupError as e:
                 raise RuntimeFailure(str(e)) from None
@@ -218,6 +223,8 @@ class Runtime:
 
                     console_sock = connect_console_socket(opts.console_socket)
                 else:
+                    import socket
+
                     ours, console_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
             user_ns = spec.linux.namespace("user")
             rootfs = None
@@ -270,7 +277,12 @@ class Runtime:
                     raise RuntimeFailure(str(e)) from None
                 return state
 
-            launched = launch(plan, on_pid=on_pid, on_hooks=on_hooks, prepare_cgroup=prepare_cgroup)
+            try:
+                launched = launch(
+                    plan, on_pid=on_pid, on_hooks=on_hooks, prepare_cgroup=prepare_cgroup
+                )
+            finally:
+                stop_priming()
         finally:
             os.close(fifo_fd)
             if console_sock is not None:

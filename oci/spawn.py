@@ -11,7 +11,7 @@ Stage 1 exists because a new or joined PID namespace applies only to
 children. Its exit reparents stage 2 to the caller's subreaper (the shim),
 which reaps it: the container's exit status is stage 2's.
 
-The caller talks to both stages over one SEQPACKET socketpair (oci/sync.py);
+The caller talks to both stages over one pair of packet pipes (oci/sync.py);
 stage 2 waits for ``go2`` before speaking, so the caller always hears stage
 1's ``pid`` first.
 """
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 from collections.abc import Callable
 
 # Imported here, before the fork, so stage 2 does not pay for it on the clock.
@@ -31,6 +30,7 @@ from pysandbox.oci.records import field, record
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import socket
     from typing import Any
 
     from pysandbox.oci.cgroups import CgroupManager
@@ -65,7 +65,7 @@ class LaunchPlan:
 @record
 class Launched:
     pid: int
-    sock: socket.socket
+    sock: sync.Channel
     console: socket.socket | None = None  # run's own end of the console socket
 
     def ack(self) -> None:
@@ -160,7 +160,7 @@ def _write_id_maps(pid: int, uids: list[IdMapping], gids: list[IdMapping]) -> No
         raise RuntimeFailure(f"writing uid/gid mappings: {e.strerror}") from None
 
 
-def _stage1(plan: LaunchPlan, sock: socket.socket) -> None:
+def _stage1(plan: LaunchPlan, sock: sync.Channel) -> None:
     try:
         k.prctl(k.PR_SET_PDEATHSIG, k.SIGKILL)
         if os.getppid() == 1:
@@ -219,7 +219,7 @@ def _describe(e: BaseException) -> str:
     return f"container init: {type(e).__name__}: {e}"
 
 
-def _stage2(plan: LaunchPlan, sock: socket.socket) -> None:
+def _stage2(plan: LaunchPlan, sock: sync.Channel) -> None:
     try:
         sync.expect(sock, "go2")
         process = plan.process
