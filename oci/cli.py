@@ -249,6 +249,7 @@ COMMANDS: dict[str, tuple[str, tuple[Flag, ...], str]] = {
     ),
 }
 
+_JOINS_A_CGROUP = frozenset({"create", "run", "exec"})
 _EXACT_ONE = {"create", "start", "run", "state", "delete", "pause", "resume", "update", "events"}
 _EXACT_ZERO = {"list", "spec", "features"}
 
@@ -314,6 +315,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command == "help":
         sys.stdout.write(usage(rest[0] if rest and rest[0] in COMMANDS else None))
         return 0
+    if command in _JOINS_A_CGROUP:
+        # First thing, so the kernel's grace-period wait overlaps everything
+        # else this command does (see cgroups.prime_migration).
+        from pysandbox.oci.cgroups import prime_migration
+
+        prime_migration()
     if command not in COMMANDS:
         log.error(f"No help topic for '{command}'")
         return 3

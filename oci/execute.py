@@ -71,10 +71,9 @@ def build_process(p: Parsed, base: dict[str, Any]) -> Process:
 
 
 def exec_command(root: str, log: Logger, p: Parsed) -> int:
-    from pysandbox.oci.cgroups import manager_from_dict, prime_migration, stop_priming
+    from pysandbox.oci.cgroups import manager_from_dict, stop_priming
     from pysandbox.oci.spawn import LaunchPlan, launch
 
-    prime_migration()  # the cgroup join below then costs no grace period
     rt = Runtime(root, log)
     cid = p.args[0]
     rec = rt.store.load(cid)

@@ -180,29 +180,27 @@ class Runtime:
         opts: CreateOptions,
         attached: bool,
     ) -> Launched:
-        from pysandbox.oci.cgroups import CgroupError, prime_migration, stop_priming
+        from pysandbox.oci.cgroups import CgroupError, stop_priming
         from pysandbox.oci.rootfs import RootfsBuilder
         from pysandbox.oci.spawn import LaunchPlan, launch
 
         assert spec.process is not None
-        try:
-            # Record the directories create() is about to make *before* making
-            # them: a create killed half way through the mkdirs must not leave
-            # cgroups that delete does not know of. Then record what it really
-            # made (a directory made meanwhile by someone else is theirs).
-            rec.cgroup = {**cgroup.to_dict(), "created": _planned_cgroup_dirs(cgroup)}
-            self.store.save(rec, partial=True)
-            cgroup.create()
-        except CgroupError as e:
-            raise RuntimeFailure(str(e)) from None
-        rec.cgroup = cgroup.to_dict()
-        self.store.save(rec, partial=True)
-        # After the mkdirs: a migration waiting out its grace period holds
-        # cgroup_mutex, which mkdir needs too.
-        prime_migration()
 
         def prepare_cgroup() -> None:
+            # Runs after stage 1 is forked. mkdir waits for cgroup_mutex, which
+            # the warming thread (cli.main) holds while the kernel waits out a
+            # grace period; by now that wait has mostly overlapped our work.
             try:
+                # Record the directories create() is about to make *before*
+                # making them: a create killed half way through the mkdirs must
+                # not leave cgroups that delete does not know of. Then record
+                # what it really made (a directory made meanwhile by someone
+                # else is theirs).
+                rec.cgroup = {**cgroup.to_dict(), "created": _planned_cgroup_dirs(cgroup)}
+                self.store.save(rec, partial=True)
+                cgroup.create()
+                rec.cgroup = cgroup.to_dict()
+                self.store.save(rec, partial=True)
                 cgroup.apply(effective_resources(spec))
             except CgroupError as e:
                 raise RuntimeFailure(str(e)) from None

@@ -138,7 +138,7 @@ def version(cmd: list[str]) -> str:
     return out.strip().splitlines()[0] if out.strip() else "?"
 
 
-def render(times: dict[str, list[float]], n: int, note: str | None) -> str:
+def table(times: dict[str, list[float]]) -> list[str]:
     base = statistics.median(times["runc"]) if "runc" in times else None
     lines = [
         "| runtime | median (ms) | p90 (ms) | ratio to runc |",
@@ -148,6 +148,17 @@ def render(times: dict[str, list[float]], n: int, note: str | None) -> str:
         med = statistics.median(xs)
         ratio = f"{med / base:.2f}x" if base else "n/a"
         lines.append(f"| {name} | {med:.1f} | {p90(xs):.1f} | {ratio} |")
+    return lines
+
+
+def render(
+    times: dict[str, list[float]],
+    n: int,
+    note: str | None,
+    docker: dict[str, list[float]] | None = None,
+    docker_n: int = 0,
+) -> str:
+    lines = table(times)
     versions = {
         "pysandbox": version([PYSANDBOX, "--version"]),
         "runc": version(["runc", "--version"]),
@@ -162,7 +173,18 @@ def render(times: dict[str, list[float]], n: int, note: str | None) -> str:
     ]
     if note:
         head.append(f"Note: {note}.")
-    return "\n".join([*head, "", *lines, ""])
+    out = [*head, "", *lines, ""]
+    if docker:
+        out += [
+            "### `docker run --rm busybox true`",
+            "",
+            f"Through one private dockerd 20.10 with every runtime registered, {docker_n} runs",
+            'each, interleaved (runsc with `runtimeArgs: ["--network=none"]`).',
+            "",
+            *table(docker),
+            "",
+        ]
+    return "\n".join(out)
 
 
 START = "<!-- bench:start -->"
@@ -181,11 +203,26 @@ def write_doc(path: Path, section: str) -> None:
     path.write_text(before + generated + after)
 
 
+def _load_docker_bench() -> Callable[[int], dict[str, list[float]]]:
+    """scripts/ is not a package: load bench_docker.py by its path."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "bench_docker", Path(__file__).with_name("bench_docker.py")
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    measure: Callable[[int], dict[str, list[float]]] = module.measure_docker_run
+    return measure
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("-n", type=int, default=30, help="measured runs per runtime")
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--write", type=Path, help="write the results into this markdown file")
+    ap.add_argument("--docker-n", type=int, default=20, help="docker runs per runtime (0: skip)")
     args = ap.parse_args()
     WORK.mkdir(parents=True, exist_ok=True)
     bundle = make_bundle()
@@ -193,7 +230,12 @@ def main() -> int:
     cmds = runtimes(bundle)
     print(f"measuring {', '.join(cmds)}: {args.n} runs each", file=sys.stderr)
     times = measure(cmds, args.n, args.warmup)
-    section = render(times, args.n, note)
+    docker = None
+    if args.docker_n > 0:
+        measure_docker_run = _load_docker_bench()
+        print(f"measuring docker run --rm: {args.docker_n} runs each", file=sys.stderr)
+        docker = measure_docker_run(args.docker_n)
+    section = render(times, args.n, note, docker, args.docker_n)
     print(section)
     if args.write:
         write_doc(args.write, section)
