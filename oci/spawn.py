@@ -88,11 +88,11 @@ def launch(
     for cleanup); ``on_hooks`` runs the runtime-namespace hooks once the
     mounts exist and returns the state JSON for createContainer hooks.
 
-    With ``prepare_cgroup`` (create), the cgroup is made while the stages start
-    and init joins it while it builds its rootfs: the first write to
-    cgroup.procs waits for an RCU grace period (~10 ms here), which then
-    overlaps with work instead of adding to it. Init forks nothing and runs
-    nothing of the workload before it has joined (the ``ok`` message).
+    With ``prepare_cgroup`` (create), the cgroup is made and init moved into
+    it while init builds its rootfs, so the cgroup work overlaps the mount
+    work (a thread started by the launcher keeps the migration lock warm, see
+    cgroups.prime_migration). Init forks nothing and runs nothing of the
+    workload before it has joined (the ``ok`` message).
     """
     late_cgroup = prepare_cgroup is not None
     if plan.fifo_fd is not None:
@@ -115,14 +115,16 @@ def launch(
             sync.expect(parent, "userns")
             _write_id_maps(pid1, plan.uid_mappings, plan.gid_mappings)
         sync.send(parent, "go")
-        if prepare_cgroup is not None:
-            prepare_cgroup()
         init_pid = int(sync.expect(parent, "pid")["pid"])
         _reap(pid1)
         pid1 = 0
         if on_pid is not None:
             on_pid(init_pid)
         sync.send(parent, "go2")
+        # Stage 2 builds its rootfs meanwhile; it waits for "ok" (after the
+        # join) before it forks, execs or touches its cgroup.
+        if prepare_cgroup is not None:
+            prepare_cgroup()
         if plan.cgroup is not None and late_cgroup:
             plan.cgroup.add_process(init_pid)
         if plan.spec is not None:

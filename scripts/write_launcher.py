@@ -41,6 +41,11 @@ def main() -> int:
         "import sys\n"
         f"sys.path[:0] = [{str(tree)!r}]\n"
         f"sys.path.append({site!r})\n"
+        # create/run/exec: start warming the cgroup-migration lock before
+        # anything else is imported (see pysandbox.oci.cgroups.prime_migration).
+        "if {'create', 'run', 'exec'}.intersection(sys.argv[1:10]):\n"
+        "    from pysandbox.oci.cgroups import prime_migration\n"
+        "    prime_migration()\n"
         "from pysandbox.oci.cli import run_and_exit\n"
         "run_and_exit()\n"
     )

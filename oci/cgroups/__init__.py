@@ -454,7 +454,7 @@ def manager_from_dict(d: Mapping[str, Any]) -> CgroupManager:
 
 # --- start-up latency ---------------------------------------------------------------
 
-_priming = {"stop": False}
+_priming = {"stop": False, "started": False}
 
 
 def prime_migration(duration: float = 2.0) -> None:
@@ -472,6 +472,9 @@ def prime_migration(duration: float = 2.0) -> None:
     """
     import _thread
 
+    if _priming.get("started"):
+        return  # the launcher already started it
+    _priming["started"] = True
     _priming["stop"] = False
     _thread.start_new_thread(_keep_migration_warm, (duration,))
 
