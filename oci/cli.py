@@ -393,6 +393,7 @@ def _create_opts(p: Parsed) -> object:
         console_socket=p.opt("console-socket"),
         no_pivot=p.flag("no-pivot"),
         preserve_fds=_int_flag(p, "preserve-fds", 0),
+        pidfd_socket=p.opt("pidfd-socket"),
     )
 
 

@@ -48,6 +48,7 @@ class CreateOptions:
     console_socket: str | None = None
     no_pivot: bool = False
     preserve_fds: int = 0
+    pidfd_socket: str | None = None
 
 
 class Runtime:
@@ -291,6 +292,8 @@ class Runtime:
         self.store.save(rec)
         if opts.pid_file:
             write_file_atomic(opts.pid_file, str(launched.pid))
+        if opts.pidfd_socket:
+            send_pidfd(opts.pidfd_socket, launched.pid)
         launched.ack()
         return launched
 
@@ -551,6 +554,26 @@ def wait_foreground(launched: Launched, log: Logger) -> int:
                 if os.WIFEXITED(status)
                 else 128 + os.WTERMSIG(status)
             )
+
+
+def send_pidfd(path: str, pid: int) -> None:
+    """runc's --pidfd-socket: one message on the caller's unix socket carrying
+    a pidfd of the container's init (SCM_RIGHTS), so the caller can wait for
+    and signal it without pid-reuse races."""
+    import array
+    import socket
+
+    pidfd = os.pidfd_open(pid)
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            try:
+                sock.connect(path)
+            except OSError as e:
+                raise RuntimeFailure(f"pidfd socket {path}: {e.strerror}") from None
+            fds = array.array("i", [pidfd])
+            sock.sendmsg([b"pidfd"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds.tobytes())])
+    finally:
+        os.close(pidfd)
 
 
 def _has_processes(cg: CgroupManager) -> bool:

@@ -479,3 +479,46 @@ def test_delete_stopped_reaps_leftovers(runtime: Runner, bundle: Bundle, cid: st
     runtime("delete", cid, check=True)
     assert not alive(child)
     assert not cgroup_dir("pids", cid).exists()
+
+
+def test_pidfd_socket_receives_a_pidfd_of_init(
+    runtime: Runner, bundle: Bundle, cid: str, tmp_path: Path
+) -> None:
+    """--pidfd-socket (runc 1.2): the caller gets a pidfd of init over SCM_RIGHTS."""
+    import array
+    import socket
+    import threading
+
+    bundle.args("sleep", "30")
+    path = str(tmp_path / "pidfd.sock")
+    got: dict[str, int] = {}
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as server:
+        server.bind(path)
+        server.listen(1)
+
+        def accept() -> None:
+            conn, _ = server.accept()
+            with conn:
+                fds = array.array("i")
+                _, anc, _, _ = conn.recvmsg(64, socket.CMSG_LEN(fds.itemsize))
+                for level, kind, data in anc:
+                    if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                        fds.frombytes(data[: fds.itemsize])
+                got["fd"] = fds[0]
+
+        t = threading.Thread(target=accept)
+        t.start()
+        pid_file = tmp_path / "pid"
+        runtime(
+            "create", "--bundle", str(bundle.path), "--pid-file", str(pid_file),
+            "--pidfd-socket", path, cid, check=True,
+        )  # fmt: skip
+        t.join(10)
+    pidfd = got["fd"]
+    try:
+        # The pidfd refers to init: its fdinfo names init's pid.
+        info = Path(f"/proc/self/fdinfo/{pidfd}").read_text()
+        assert f"Pid:\t{pid_file.read_text().strip()}" in info
+    finally:
+        os.close(pidfd)
+    runtime("delete", "--force", cid, check=True)
