@@ -31,6 +31,8 @@ import subprocess
 import time
 from collections.abc import Callable, Sequence
 
+from pysandbox.oci.credentials import env_dict
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Final, Protocol
@@ -72,16 +74,6 @@ class HookError(Exception):
         self.path = path
         self.reason = reason
         super().__init__(f"{kind} hook #{index} ({path}): {reason}")
-
-
-def _env_mapping(env: Sequence[str]) -> dict[str, str]:
-    """``["K=V", ...]`` -> ``{K: V}``; entries without '=' are dropped."""
-    out: dict[str, str] = {}
-    for item in env:
-        key, sep, value = item.partition("=")
-        if sep and key:
-            out[key] = value
-    return out
 
 
 def _tail(data: bytes) -> str:
@@ -139,7 +131,7 @@ def run_hook(hook: HookLike, state: bytes, *, kind: str, index: int) -> None:
         proc = subprocess.Popen(
             argv,
             executable=executable,
-            env=_env_mapping(hook.env),
+            env=env_dict(hook.env),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

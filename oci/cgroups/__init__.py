@@ -388,6 +388,22 @@ class CgroupManager(abc.ABC):
     def kill_all(self, sig: int) -> None:
         """Send sig to every process in the cgroup (and its descendants)."""
 
+    def signal_frozen(self, sig: int, can_freeze: bool) -> None:
+        """Signal every process, frozen meanwhile (when the freezer is there) so
+        nothing can fork between listing the processes and signalling them."""
+        frozen_here = False
+        if can_freeze and not self.is_frozen():
+            try:
+                self.freeze()
+                frozen_here = True
+            except CgroupError as e:
+                log.warning("cgroup: could not freeze before signalling: %s", e)
+        try:
+            signal_pids(self.pids(), sig)
+        finally:
+            if frozen_here:
+                self.thaw()
+
     @abc.abstractmethod
     def stats(self) -> dict[str, Any]:
         """runc's ``events --stats`` data object (types.Stats field names)."""

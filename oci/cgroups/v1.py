@@ -404,19 +404,7 @@ class V1Manager(CgroupManager):
         return tree_pids(self.main_dir())
 
     def kill_all(self, sig: int) -> None:
-        # Freeze first so nothing can fork between listing and signalling.
-        frozen_here = False
-        if self.has("freezer") and os.path.isdir(self.dir("freezer")) and not self.is_frozen():
-            try:
-                self.freeze()
-                frozen_here = True
-            except CgroupError as e:
-                log.warning("cgroup: could not freeze before signalling: %s", e)
-        try:
-            signal_pids(self.pids(), sig)
-        finally:
-            if frozen_here:
-                self.thaw()
+        self.signal_frozen(sig, self.has("freezer") and os.path.isdir(self.dir("freezer")))
 
     # --- stats ------------------------------------------------------------------------
 

@@ -319,18 +319,7 @@ class V2Manager(CgroupManager):
         if sig == kernel.SIGKILL and os.path.exists(os.path.join(self.dir, "cgroup.kill")):
             write_file(self.dir, "cgroup.kill", 1)
             return
-        frozen_here = False
-        if os.path.isdir(self.dir) and not self.is_frozen():
-            try:
-                self.freeze()
-                frozen_here = True
-            except CgroupError as e:
-                log.warning("cgroup: could not freeze before signalling: %s", e)
-        try:
-            signal_pids(self.pids(), sig)
-        finally:
-            if frozen_here:
-                self.thaw()
+        self.signal_frozen(sig, os.path.isdir(self.dir))
 
     # --- stats ------------------------------------------------------------------------------
 
