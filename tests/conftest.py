@@ -86,7 +86,9 @@ class Runner:
         timeout: float = 60,
         check: bool = False,
         stdin: int | None = None,
+        env: dict[str, str] | None = None,
     ) -> subprocess.CompletedProcess[str]:
+        """Run pysandbox; ``env`` adds variables to (not replaces) ours."""
         # Files, not pipes: a created container inherits our stdout/stderr and
         # would hold a pipe open long after pysandbox itself has exited.
         with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
@@ -98,6 +100,7 @@ class Runner:
                 stderr=err,
                 text=True,
                 timeout=timeout,
+                env={**os.environ, **env} if env else None,
             )
             out.seek(0)
             err.seek(0)

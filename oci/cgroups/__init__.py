@@ -440,9 +440,22 @@ def new_manager(
     mode: str | None = None,
     v2_mountpoint: str | None = None,
 ) -> CgroupManager:
-    """A manager for the container's cgroup; nothing is created until create()."""
+    """A manager for the container's cgroup; nothing is created until create().
+
+    Without ``mode`` the host's layout decides (:func:`detect_mode`). For
+    testing and debugging only, the environment can override that:
+    ``PYSANDBOX_CGROUP_MODE=v2`` (or ``v1``) picks the driver, and
+    ``PYSANDBOX_CGROUP2_MOUNT`` the cgroup2 mountpoint the v2 driver uses
+    (default: /sys/fs/cgroup if it is cgroup2, else the first cgroup2 mount,
+    e.g. /sys/fs/cgroup/unified on a hybrid host). That runs the v2 driver
+    on a hybrid host, in a hierarchy that may lack controllers: limits then
+    fail, but the device filter, freezer and kill work. The choice is saved
+    in the container's state, so later commands need no environment.
+    """
     path = resolve_path(cgroups_path, container_id)
-    chosen = mode or detect_mode()
+    chosen = mode or os.environ.get("PYSANDBOX_CGROUP_MODE") or detect_mode()
+    if chosen == "v2" and v2_mountpoint is None:
+        v2_mountpoint = os.environ.get("PYSANDBOX_CGROUP2_MOUNT") or None
     if chosen == "v1":
         from .v1 import V1Manager
 

@@ -189,12 +189,7 @@ class V2Manager(CgroupManager):
                     parts.append(f"hca_object={limits['hcaObjects']}")
                 self._write("rdma.max", " ".join(parts))
         if resources.get("devices"):
-            # TODO: a BPF_PROG_TYPE_CGROUP_DEVICE program attached to the cgroup.
-            # The sandbox's gofer enforces linux.devices for every open it serves.
-            log.warning(
-                "cgroup: linux.resources.devices is not enforced by the cgroup on cgroup v2 "
-                "(no eBPF device filter yet)"
-            )
+            self._apply_devices(resources["devices"])
         for key, value in (resources.get("unified") or {}).items():
             if "/" in key or key in ("", ".", "..") or key.startswith("."):
                 raise CgroupError(f"cgroup {key}: invalid unified key")
@@ -202,6 +197,14 @@ class V2Manager(CgroupManager):
             if not os.path.exists(os.path.join(self.dir, key)):
                 raise CgroupError(f"cgroup {key}: no such cgroup file in {self.dir}")
             write_file(self.dir, key, str(value))
+
+    def _apply_devices(self, rules: list[Mapping[str, Any]]) -> None:
+        """The device rules as an eBPF program on the cgroup (see :mod:`.devices_bpf`);
+        a later apply (``update``) replaces the program. The cgroup keeps it
+        attached until it is removed: nothing to pin, nothing to clean up."""
+        from . import devices_bpf
+
+        devices_bpf.install(self.dir, devices_bpf.compile_rules(rules))
 
     def _apply_memory(self, mem: Mapping[str, Any]) -> None:
         limit = mem.get("limit")
