@@ -74,6 +74,7 @@ bench: setup
 	$(VPY) scripts/bench.py --write docs/benchmarks.md
 
 docs: setup
+	$(VPY) scripts/gen_compat.py docs/compatibility.md
 
 clean:
 	rm -rf build .mypy_cache .ruff_cache .pytest_cache

@@ -239,6 +239,14 @@ COMMANDS: dict[str, tuple[str, tuple[Flag, ...], str]] = {
         ),
         "[-- runtime args...]",
     ),
+    "syscalls": (
+        "print the x86_64 syscall table with each call's disposition in a profile",
+        (
+            Flag(("profile", "p"), True, help="profile name or path (default: default)"),
+            Flag(("format", "f"), True, help="table (default) or json"),
+        ),
+        "",
+    ),
     "uninstall": (
         "remove pysandbox from docker's daemon.json",
         (
@@ -251,7 +259,7 @@ COMMANDS: dict[str, tuple[str, tuple[Flag, ...], str]] = {
 
 _JOINS_A_CGROUP = frozenset({"create", "run", "exec"})
 _EXACT_ONE = {"create", "start", "run", "state", "delete", "pause", "resume", "update", "events"}
-_EXACT_ZERO = {"list", "spec", "features"}
+_EXACT_ZERO = {"list", "spec", "features", "syscalls"}
 
 
 def version_text() -> str:
@@ -584,6 +592,26 @@ def _cmd_bundle(root: str, log: Logger, g: Parsed, p: Parsed) -> int:
     return 0
 
 
+def _cmd_syscalls(root: str, log: Logger, g: Parsed, p: Parsed) -> int:
+    from pysandbox.policies.compiler import PolicyError, load_profile
+    from pysandbox.policies.report import format_table, rows
+
+    fmt = p.opt("format", "table") or "table"
+    if fmt not in ("table", "json"):
+        raise RuntimeFailure(f'invalid format "{fmt}": table or json')
+    try:
+        profile = load_profile(p.opt("profile", "default") or "default")
+    except PolicyError as e:
+        raise RuntimeFailure(str(e)) from None
+    if fmt == "json":
+        import json
+
+        sys.stdout.write(json.dumps(rows(profile), indent=2) + "\n")
+    else:
+        sys.stdout.write(format_table(profile))
+    return 0
+
+
 _HANDLERS: dict[str, Handler] = {
     "create": _cmd_create,
     "start": _simple("start"),
@@ -603,4 +631,5 @@ _HANDLERS: dict[str, Handler] = {
     "bundle": _cmd_bundle,
     "install": _cmd_install,
     "uninstall": _cmd_uninstall,
+    "syscalls": _cmd_syscalls,
 }
