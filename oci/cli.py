@@ -368,6 +368,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as e:
         log.error(f"{e.strerror or e}{': ' + str(e.filename) if e.filename else ''}")
         return 1
+    except Exception as e:
+        # The errors of the layers below (cgroups, hooks, console, seccomp, ...)
+        # carry their own clear messages; the caller gets that one line, never
+        # a traceback (which --debug adds to the log).
+        if g.flag("debug"):
+            import traceback
+
+            log.debug("".join(traceback.format_exception(e)))
+        log.error(str(e) or type(e).__name__)
+        return 1
 
 
 def run_and_exit() -> None:

@@ -389,9 +389,15 @@ class Runtime:
             raise RuntimeFailure("container not running")
         if all_processes and rec.cgroup:
             cg = self._cgroup(rec)
-            cg.kill_all(sig)
-            if st == PAUSED and sig == k.SIGKILL:
-                cg.thaw()
+            try:
+                cg.kill_all(sig)
+                if st == PAUSED and sig == k.SIGKILL:
+                    cg.thaw()
+            except Exception:
+                if cg.exists():
+                    raise
+                # A concurrent delete removed the cgroup: the container is gone.
+                raise RuntimeFailure("container not running") from None
             return
         pidfd = os.pidfd_open(rec.pid)
         try:
@@ -406,7 +412,9 @@ class Runtime:
             os.close(pidfd)
         if st == PAUSED and sig == k.SIGKILL and rec.cgroup:
             # A frozen task cannot act on SIGKILL: thaw so it dies now (runc does too).
-            self._cgroup(rec).thaw()
+            cg = self._cgroup(rec)
+            with contextlib.suppress(Exception):
+                cg.thaw()
 
     # --- delete --------------------------------------------------------------------
     def delete(self, cid: str, *, force: bool = False) -> None:
