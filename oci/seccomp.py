@@ -487,16 +487,32 @@ def compile_cached(seccomp: Mapping[str, Any], cache_dir: str | None) -> Compile
     if cache_dir is None:
         return _compiled(plan, _compile(plan))
     path = os.path.join(cache_dir, _cache_key(seccomp) + ".bpf")
+    cached = read_cached_bpf(path)
+    if cached is not None:
+        return _compiled(plan, cached)
+    prog = _compile(plan)
+    write_cached_bpf(path, prog)
+    return _compiled(plan, prog)
+
+
+def read_cached_bpf(path: str) -> bytes | None:
+    """A cached BPF program, or None when absent or not a plausible program."""
     try:
         with open(path, "rb") as f:
             prog = f.read()
-        if prog and len(prog) % 8 == 0 and len(prog) // 8 <= _BPF_MAXINSNS:
-            return _compiled(plan, prog)
     except OSError:
-        pass
-    prog = _compile(plan)
+        return None
+    if prog and len(prog) % 8 == 0 and len(prog) // 8 <= _BPF_MAXINSNS:
+        return prog
+    return None
+
+
+def write_cached_bpf(path: str, prog: bytes) -> None:
+    """Store a compiled program atomically (temp file + rename), so concurrent
+    creates are safe; a read-only or full cache only costs time."""
     import tempfile
 
+    cache_dir = os.path.dirname(path)
     try:
         os.makedirs(cache_dir, mode=0o700, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".bpf", dir=cache_dir)
@@ -509,8 +525,7 @@ def compile_cached(seccomp: Mapping[str, Any], cache_dir: str | None) -> Compile
             os.unlink(tmp)
             raise
     except OSError:
-        pass  # a read-only or full cache only costs time
-    return _compiled(plan, prog)
+        pass
 
 
 def load_filter(compiled: CompiledFilter) -> int | None:

@@ -566,34 +566,19 @@ def compile_cached(
     if cache_dir is None:
         return compile_profile(profile, sentry_action=sentry_action)
     import hashlib
-    import tempfile
 
     digest = profile.digest()
     key = hashlib.sha256(f"{_CACHE_FORMAT}\n{sentry_action}\n{digest}".encode()).hexdigest()
     path = os.path.join(cache_dir, f"policy-{key}.bpf")
     routing = routing_table(profile)
     listener = sentry_action == "notify" and bool(routing)
-    try:
-        with open(path, "rb") as f:
-            prog = f.read()
-        if prog and len(prog) % 8 == 0 and len(prog) // 8 <= _BPF_MAXINSNS:
-            return CompiledPolicy(prog, routing, listener, profile.name, digest)
-    except OSError:
-        pass
+    from pysandbox.oci.seccomp import read_cached_bpf, write_cached_bpf
+
+    cached = read_cached_bpf(path)
+    if cached is not None:
+        return CompiledPolicy(cached, routing, listener, profile.name, digest)
     prog = _compile(profile, sentry_action)
-    try:
-        os.makedirs(cache_dir, mode=0o700, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".bpf", dir=cache_dir)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(prog)
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, path)
-        except BaseException:
-            os.unlink(tmp)
-            raise
-    except OSError:
-        pass  # a read-only or full cache only costs time
+    write_cached_bpf(path, prog)
     return CompiledPolicy(prog, routing, listener, profile.name, digest)
 
 
