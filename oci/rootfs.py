@@ -15,6 +15,7 @@ import stat
 from collections.abc import Iterable, Sequence
 
 from pysandbox.oci import kernel as k
+from pysandbox.oci.log import RuntimeFailure
 from pysandbox.oci.records import record
 
 TYPE_CHECKING = False
@@ -260,6 +261,12 @@ class RootfsBuilder:
             source = m.source or ""
             if not os.path.isabs(source):
                 source = os.path.join(self.spec.bundle, source)
+            if not os.path.lexists(source):
+                # Say which source is missing: the kernel's ENOENT would name
+                # the destination we were mounting onto.
+                raise RuntimeFailure(
+                    f"mount {m.destination}: source {source}: no such file or directory"
+                )
             src_is_dir = os.path.isdir(source)
             target = self._target(m.destination, is_dir=src_is_dir)
             k.mount(source, target, None, k.MS_BIND | (opts.flags & k.MS_REC))

@@ -732,7 +732,8 @@ def _cfg_missing_mount_source(b: Bundle, _cid: str) -> tuple[str, ...]:
         }
     )
     b.write()
-    return ("/data",)
+    # The message names the missing source, not just the destination.
+    return ("/data", "no-such-source", "no such file or directory")
 
 
 def _cfg_bad_cpu_quota(b: Bundle, _cid: str) -> tuple[str, ...]:
