@@ -98,6 +98,12 @@ GLOBAL_FLAGS = (
     Flag(("systemd-cgroup",), help="enable systemd cgroup support (not supported: fails clearly)"),
     Flag(("rootless",), True, help="ignore cgroup permission errors ('true', 'false', or 'auto')"),
     Flag(("criu",), True, help="accepted for compatibility; checkpointing is not supported"),
+    Flag(
+        ("sandbox",),
+        True,
+        help="sentry or none (default: none; opt-in, transitional): serve syscalls in the sentry",
+    ),
+    Flag(("profile",), True, help="sandbox profile name or path (default: default)"),
     Flag(("help", "h"), help="show help"),
     Flag(("version", "v"), help="print the version"),
 )
@@ -398,7 +404,13 @@ Handler = Callable[[str, Logger, Parsed, Parsed], int]
 def _runtime(root: str, log: Logger, g: Parsed) -> object:
     from pysandbox.oci.lifecycle import Runtime
 
-    return Runtime(root, log, systemd_cgroup=g.flag("systemd-cgroup"))
+    return Runtime(
+        root,
+        log,
+        systemd_cgroup=g.flag("systemd-cgroup"),
+        sandbox=g.opt("sandbox"),
+        profile=g.opt("profile"),
+    )
 
 
 def _create_opts(p: Parsed) -> object:

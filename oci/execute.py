@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 
     from pysandbox.oci.cli import Parsed
     from pysandbox.oci.config import Process
+    from pysandbox.oci.state import ContainerRecord
 
 SAVED_CONFIG = "config.json"
 
@@ -113,6 +114,7 @@ def exec_command(root: str, log: Logger, p: Parsed) -> int:
             import socket
 
             ours, console_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    sentry_bpf, sentry_sock = _sentry_plan(rt, rec)
     plan = LaunchPlan(
         process=process,
         joins=_joins(rec.pid, rec.namespaces),
@@ -122,6 +124,8 @@ def exec_command(root: str, log: Logger, p: Parsed) -> int:
         preserve_fds=int(p.opt("preserve-fds") or 0),
         wait_ack=False,
         container_id=cid,
+        sentry_bpf=sentry_bpf,
+        sentry_sock=sentry_sock,
     )
     if not detach:
         k.prctl(k.PR_SET_CHILD_SUBREAPER, 1)
@@ -137,6 +141,8 @@ def exec_command(root: str, log: Logger, p: Parsed) -> int:
         stop_priming()
         if console_sock is not None:
             console_sock.close()
+        if sentry_sock is not None:
+            sentry_sock.close()
     launched.sock.close()
     launched.console = ours
     pid_file = p.opt("pid-file")
@@ -145,6 +151,28 @@ def exec_command(root: str, log: Logger, p: Parsed) -> int:
     if detach:
         return 0
     return wait_foreground(launched, log)
+
+
+def _sentry_plan(rt: Runtime, rec: ContainerRecord) -> tuple[bytes | None, socket.socket | None]:
+    """For a sandboxed container (its saved state decides, not our flags): the
+    policy's filter and a connection to its sentry's control socket, over which
+    the new process sends its listener just before execve."""
+    from pysandbox.oci.lifecycle import SANDBOX_SENTRY, compile_policy
+
+    if rec.sandbox != SANDBOX_SENTRY:
+        return None, None
+    from pysandbox.sentry.service import SENTRY_SOCKET
+
+    policy = compile_policy(rec.profile, rt.store.root)
+    import socket
+
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        sock.connect(os.path.join(rt.store.dir(rec.id), SENTRY_SOCKET))
+    except OSError as e:
+        sock.close()
+        raise RuntimeFailure(f"the container's sentry is not reachable: {e.strerror}") from None
+    return policy.bpf, sock
 
 
 def _saved_config(rt: Runtime, cid: str) -> dict[str, Any]:

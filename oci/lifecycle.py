@@ -33,12 +33,14 @@ from pysandbox.oci.state import (
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import _socket
     import socket
     from typing import Any
 
     from pysandbox.oci.cgroups import CgroupManager
     from pysandbox.oci.config import Hook, Spec
     from pysandbox.oci.spawn import Launched
+    from pysandbox.policies.compiler import CompiledPolicy
 
 
 @record
@@ -52,10 +54,22 @@ class CreateOptions:
 
 
 class Runtime:
-    def __init__(self, root: str, log: Logger, *, systemd_cgroup: bool = False) -> None:
+    def __init__(
+        self,
+        root: str,
+        log: Logger,
+        *,
+        systemd_cgroup: bool = False,
+        sandbox: str | None = None,
+        profile: str | None = None,
+    ) -> None:
         self.store = StateStore(root)
         self.log = log
         self.systemd_cgroup = systemd_cgroup
+        # None: not given on the command line (the annotation, then the
+        # environment, then the default decide; see sandbox_choice).
+        self.sandbox = sandbox
+        self.profile = profile
 
     # --- status ------------------------------------------------------------------
     def status(self, rec: ContainerRecord) -> str:
@@ -147,6 +161,10 @@ class Runtime:
                 )
             except SeccompError as e:
                 raise RuntimeFailure(str(e)) from None
+        sandbox, profile = sandbox_choice(self.sandbox, self.profile, spec.annotations)
+        policy = None
+        if sandbox == SANDBOX_SENTRY:
+            policy = compile_policy(profile, self.store.root)
 
         # The lock is held until create returns (init waiting on the fifo) or
         # has undone everything: a concurrent delete waits for either.
@@ -163,10 +181,14 @@ class Runtime:
                     "poststop": [_hook_dict(h) for h in spec.hooks.poststop],
                 },
                 namespaces={n.type: n.path or "" for n in spec.linux.namespaces},
+                sandbox=sandbox,
+                profile=profile if policy is not None else "",
             )
             try:
                 self.store.save(rec, partial=True)
-                return self._create_in(state_dir, rec, spec, cgroup, seccomp, opts, attached)
+                return self._create_in(
+                    state_dir, rec, spec, cgroup, seccomp, opts, attached, policy
+                )
             except BaseException:
                 self._teardown(rec, cgroup)
                 raise
@@ -180,6 +202,7 @@ class Runtime:
         seccomp: Any,
         opts: CreateOptions,
         attached: bool,
+        policy: CompiledPolicy | None = None,
     ) -> Launched:
         from pysandbox.oci.cgroups import CgroupError, stop_priming
         from pysandbox.oci.rootfs import RootfsBuilder
@@ -203,6 +226,9 @@ class Runtime:
                 rec.cgroup = cgroup.to_dict()
                 self.store.save(rec, partial=True)
                 cgroup.apply(effective_resources(spec))
+                if rec.sentry_pid:
+                    # In the container's cgroup: destroying it kills the sentry.
+                    cgroup.add_process(rec.sentry_pid)
             except CgroupError as e:
                 raise RuntimeFailure(str(e)) from None
 
@@ -215,7 +241,10 @@ class Runtime:
         joins, new_ns = namespace_plan(spec)
         console_sock: socket.socket | None = None
         ours: socket.socket | None = None
+        sentry_sock: _socket.socket | None = None
         try:
+            if policy is not None:
+                sentry_sock = self._start_sentry(state_dir, rec, spec, policy)
             if spec.process.terminal:
                 if opts.console_socket:
                     from pysandbox.oci.console import connect_console_socket
@@ -256,6 +285,8 @@ class Runtime:
                 sysctl=spec.linux.sysctl,
                 personality=spec.linux.personality.domain if spec.linux.personality else None,
                 container_id=rec.id,
+                sentry_bpf=policy.bpf if policy is not None else None,
+                sentry_sock=sentry_sock,
             )
 
             def on_pid(pid: int) -> None:
@@ -286,6 +317,8 @@ class Runtime:
             os.close(fifo_fd)
             if console_sock is not None:
                 console_sock.close()
+            if sentry_sock is not None:
+                sentry_sock.close()
         launched.console = ours
         rec.status = CREATED
         rec.console_used = spec.process.terminal
@@ -296,6 +329,31 @@ class Runtime:
             send_pidfd(opts.pidfd_socket, launched.pid)
         launched.ack()
         return launched
+
+    def _start_sentry(
+        self, state_dir: str, rec: ContainerRecord, spec: Spec, policy: CompiledPolicy
+    ) -> _socket.socket:
+        """Fork the sentry (sentry/service.py); record it before anything else
+        can fail, so delete finds it. Returns the socket init sends its listener on."""
+        from pysandbox.sentry import service
+
+        if spec.linux.namespace("uts") is not None:
+            hostname = spec.hostname or ""
+            domainname = spec.domainname or "(none)"
+        else:  # the host's UTS namespace: the host's names
+            uts = os.uname()
+            hostname, domainname = uts.nodename, "(none)"
+        pid, sock = service.start(
+            state_dir, policy.routing, hostname=hostname, domainname=domainname
+        )
+        rec.sentry_pid = pid
+        rec.sentry_start = process_start_time(pid)
+        try:
+            self.store.save(rec, partial=True)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
 
     def _hook_state(self, rec: ContainerRecord, status: str, pid: int) -> bytes:
         doc = {
@@ -313,6 +371,7 @@ class Runtime:
         if rec.pid and self._alive(rec):
             with contextlib.suppress(OSError):
                 os.kill(rec.pid, k.SIGKILL)
+        kill_sentry(rec)
         if cgroup is not None:
             with contextlib.suppress(Exception):
                 cgroup.destroy()
@@ -451,6 +510,9 @@ class Runtime:
         if rec.pid and self._alive(rec):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(rec.pid, k.SIGKILL)
+        # Before the look at the cgroup: a sentry still in it would send us
+        # down the freezer path, which costs milliseconds.
+        kill_sentry(rec)
         # An empty cgroup (the common case: init has exited) needs no freezing
         # and signalling, and each freezer round trip costs milliseconds.
         if cg is not None and _has_processes(cg):
@@ -520,6 +582,137 @@ class Runtime:
             if not keep:
                 with self.store.locked(cid):
                     self.destroy(rec)
+
+
+SANDBOX_SENTRY = "sentry"
+SANDBOX_NONE = "none"
+SANDBOXES = (SANDBOX_SENTRY, SANDBOX_NONE)
+SANDBOX_ANNOTATION = "io.github.pysandbox.sandbox"
+PROFILE_ANNOTATION = "io.github.pysandbox.profile"
+SANDBOX_ENV = "PYSANDBOX_SANDBOX"
+DEFAULT_SANDBOX = SANDBOX_NONE  # opt-in in this slice
+DEFAULT_PROFILE = "default"
+
+
+def sandbox_choice(
+    flag: str | None, profile_flag: str | None, annotations: dict[str, str]
+) -> tuple[str, str]:
+    """(sandbox, profile) for a new container.
+
+    The command line wins (the engine's administrator put it there, e.g. in
+    docker's runtimeArgs), then the container's annotation, then
+    $PYSANDBOX_SANDBOX, then the default. A workload's annotation therefore
+    cannot turn off a sandbox the command line asked for.
+    """
+    sandbox = (
+        flag
+        or annotations.get(SANDBOX_ANNOTATION)
+        or os.environ.get(SANDBOX_ENV)
+        or DEFAULT_SANDBOX
+    )
+    if sandbox not in SANDBOXES:
+        raise RuntimeFailure(f"invalid sandbox {sandbox!r}: sentry or none")
+    profile = profile_flag or annotations.get(PROFILE_ANNOTATION) or DEFAULT_PROFILE
+    if os.sep in profile or profile.endswith(".toml"):
+        profile = os.path.abspath(profile)  # exec must find it from anywhere
+    return sandbox, profile
+
+
+def compile_policy(profile: str, root: str) -> CompiledPolicy:
+    """Load and compile a sandbox profile (BPF cached under the state root).
+
+    Loading a profile (tomllib, the syscall table, validation) costs ~18 ms,
+    on every create and exec; so the result (BPF + routing) is also kept
+    under a key made of the identity (path, size, mtime) of every file it can
+    depend on, as Python does for its bytecode, and then costs ~0.3 ms.
+    """
+    from pysandbox.oci.seccomp import read_cached_bpf, write_cached_bpf
+    from pysandbox.policies.compiler import CompiledPolicy, PolicyError, compile_cached
+
+    cache = os.path.join(root, ".cache")
+    key = _policy_key(profile)
+    index_path = os.path.join(cache, f"policy-index-{key}.json")
+    bpf_path = os.path.join(cache, f"policy-index-{key}.bpf")
+    try:
+        with open(index_path, "rb") as f:
+            index: bytes | None = f.read()
+    except OSError:
+        index = None
+    bpf = read_cached_bpf(bpf_path) if index is not None else None
+    if index is not None and bpf is not None:
+        with contextlib.suppress(ValueError, KeyError, TypeError):
+            doc = jsonio.loads(index.decode())
+            routing = {int(nr): str(name) for nr, name in doc["routing"].items()}
+            return CompiledPolicy(
+                bpf, routing, bool(doc["needs_listener"]), str(doc["profile"]), str(doc["digest"])
+            )
+    from pysandbox.policies.compiler import load_profile
+
+    try:
+        policy = compile_cached(load_profile(profile), cache)
+    except PolicyError as e:
+        raise RuntimeFailure(str(e)) from None
+    doc = {
+        "routing": {str(nr): name for nr, name in policy.routing.items()},
+        "needs_listener": policy.needs_listener,
+        "profile": policy.profile,
+        "digest": policy.digest,
+    }
+    text = jsonio.dumps(doc).encode()
+    write_cached_bpf(bpf_path, policy.bpf)
+    write_cached_bpf(index_path, text)  # (an atomic write of any bytes)
+    return policy
+
+
+_POLICY_INDEX_FORMAT = "pysandbox-policy-index-1"
+
+
+def _policy_key(profile: str) -> str:
+    """sha256 over the identity of every file a compiled profile depends on: the
+    bundled profiles and constants, the syscall table, and for a profile given
+    by path, every TOML file next to it (what it may extend)."""
+    import hashlib
+
+    # Paths, not imports (this runs on every sandboxed create and exec).
+    pkg = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    here = os.path.join(pkg, "policies")
+    dirs = [here]
+    if os.sep in profile or profile.endswith(".toml"):
+        dirs.append(os.path.dirname(os.path.abspath(profile)))
+    parts = [_POLICY_INDEX_FORMAT, profile]
+    files = [os.path.join(pkg, "syscalls", "x86_64.tsv")]
+    for d in dirs:
+        with contextlib.suppress(OSError):
+            files += sorted(os.path.join(d, n) for n in os.listdir(d) if n.endswith(".toml"))
+    files += [os.path.join(here, "compiler.py")]
+    for path in files:
+        try:
+            st = os.stat(path)
+            parts.append(f"{path}:{st.st_size}:{st.st_mtime_ns}:{st.st_ino}")
+        except OSError:
+            parts.append(f"{path}:-")
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+
+def kill_sentry(rec: ContainerRecord, timeout: float = 5.0) -> None:
+    """SIGKILL the container's sentry if it is still there, and wait for it to go.
+
+    A pidfd pins the process; the start time guards against a reused pid.
+    """
+    if not rec.sentry_pid:
+        return
+    try:
+        pidfd = os.pidfd_open(rec.sentry_pid)
+    except OSError:
+        return  # gone (or reaped) already
+    try:
+        if process_start_time(rec.sentry_pid) != rec.sentry_start:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            k.pidfd_send_signal(pidfd, k.SIGKILL)
+        select.select([pidfd], [], [], timeout)  # readable once it has exited
+    finally:
+        os.close(pidfd)
 
 
 _FORWARDED = (k.SIGINT, k.SIGTERM, k.SIGHUP, k.SIGQUIT, k.SIGUSR1, k.SIGUSR2, k.SIGWINCH)

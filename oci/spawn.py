@@ -30,6 +30,7 @@ from pysandbox.oci.records import field, record
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import _socket
     import socket
     from typing import Any
 
@@ -60,6 +61,10 @@ class LaunchPlan:
     personality: str | None = None
     wait_ack: bool = True
     container_id: str = ""
+    # --sandbox sentry: the policy's filter, loaded with a listener just before
+    # execve, and the socket the listener goes to the sentry over.
+    sentry_bpf: bytes | None = None
+    sentry_sock: _socket.socket | None = None
 
 
 @record
@@ -298,10 +303,41 @@ def _stage2(plan: LaunchPlan, sock: sync.Channel) -> None:
         with contextlib.suppress(OSError):  # a seccomp profile may deny rt_sigaction
             k.set_signal_handler(k.SIGPIPE, None)
             k.set_signal_handler(k.SIGXFSZ, None)
+        if plan.sentry_bpf is not None:
+            _join_sentry(plan)
         os.execve(exe, process.args, env)
     except BaseException as e:
         sync.child_fail(sock, _describe(e))
     os._exit(1)
+
+
+def _join_sentry(plan: LaunchPlan) -> None:
+    """Install the sandbox's filter (stacked on the OCI profile's) and hand its
+    listener to the sentry. The very last thing before execve: every call from
+    here on is sorted by the filter, so only ``host`` calls follow (sendmsg,
+    close) and execve, which the sentry answers.
+
+    no_new_privs is set whatever the spec says: by now the capabilities are
+    dropped, and without CAP_SYS_ADMIN the kernel loads a filter only under
+    no_new_privs (gVisor's sandbox runs under it too). A setuid binary in the
+    container therefore gains no privilege under ``--sandbox sentry``.
+    """
+    assert plan.sentry_bpf is not None and plan.sentry_sock is not None
+    k.prctl(k.PR_SET_NO_NEW_PRIVS, 1)
+    try:
+        fd = k.seccomp_load_bpf(plan.sentry_bpf, k.SECCOMP_FILTER_FLAG_NEW_LISTENER)
+    except OSError as e:
+        raise RuntimeFailure(f"installing the sandbox's seccomp filter: {e.strerror}") from None
+    try:
+        plan.sentry_sock.sendmsg([b"L"], [(_SOL_SOCKET, _SCM_RIGHTS, fd.to_bytes(4, "little"))])
+    except OSError as e:
+        raise RuntimeFailure(f"handing the seccomp listener to the sentry: {e.strerror}") from None
+    os.close(fd)
+    plan.sentry_sock.close()
+
+
+_SOL_SOCKET = 1
+_SCM_RIGHTS = 1
 
 
 def _state_for_start_hooks(plan: LaunchPlan) -> bytes:

@@ -76,6 +76,12 @@ class ContainerRecord:
     hooks: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     namespaces: dict[str, str] = field(default_factory=dict)  # OCI type -> path or "" (new)
     console_used: bool = False
+    # --sandbox sentry (opt-in): the profile exec must install too, and the
+    # sentry process (pid + start time) delete must not leave behind.
+    sandbox: str = "none"
+    profile: str = ""
+    sentry_pid: int = 0
+    sentry_start: int = 0
 
     def to_json(self) -> str:
         return jsonio.dumps(as_dict(self))
