@@ -19,6 +19,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "build" / "pkgroot"))
@@ -157,6 +158,7 @@ def render(
     note: str | None,
     docker: dict[str, list[float]] | None = None,
     docker_n: int = 0,
+    syscalls: list[str] | None = None,
 ) -> str:
     lines = table(times)
     versions = {
@@ -184,6 +186,8 @@ def render(
             *table(docker),
             "",
         ]
+    if syscalls:
+        out += syscalls
     return "\n".join(out)
 
 
@@ -217,12 +221,49 @@ def _load_docker_bench() -> Callable[[int], dict[str, list[float]]]:
     return measure
 
 
+def _load_module(name: str) -> Any:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{name}.py"))
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def syscalls_section(n_calls: int) -> list[str]:
+    """The syscall micro-benchmark (scripts/bench_syscalls.py), as markdown lines."""
+    mod = _load_module("bench_syscalls")
+    errnos: dict[str, dict[str, int]] = {}
+    results: dict[str, dict[str, float]] = mod.measure_syscalls(n_calls, errnos=errnos)
+    lines: list[str] = mod.table(results, errnos)
+    return [
+        "### Syscall cost inside the container",
+        "",
+        f"A static C probe (scripts/bench_syscalls.py, gcc-built at bench time) times {n_calls}",
+        "calls each of uname (served by the sentry under `--sandbox sentry`), getppid (a host",
+        "call) and keyctl (denied with EPERM by the default profile), with",
+        f"clock_gettime(CLOCK_MONOTONIC): ns per call, median of {mod.ROUNDS} `run`s per runtime,",
+        "interleaved. The bundle's config.json has no seccomp profile, so without the sentry",
+        'keyctl reaches the kernel ("ok"); runsc answers it itself.',
+        "",
+        *lines,
+        "",
+    ]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("-n", type=int, default=30, help="measured runs per runtime")
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--write", type=Path, help="write the results into this markdown file")
     ap.add_argument("--docker-n", type=int, default=20, help="docker runs per runtime (0: skip)")
+    ap.add_argument(
+        "--syscalls-n",
+        type=int,
+        default=20000,
+        help="calls of each syscall per probe run (0: skip the syscall benchmark)",
+    )
     args = ap.parse_args()
     WORK.mkdir(parents=True, exist_ok=True)
     bundle = make_bundle()
@@ -235,7 +276,11 @@ def main() -> int:
         measure_docker_run = _load_docker_bench()
         print(f"measuring docker run --rm: {args.docker_n} runs each", file=sys.stderr)
         docker = measure_docker_run(args.docker_n)
-    section = render(times, args.n, note, docker, args.docker_n)
+    syscalls = None
+    if args.syscalls_n > 0:
+        print(f"measuring syscall cost: {args.syscalls_n} calls each", file=sys.stderr)
+        syscalls = syscalls_section(args.syscalls_n)
+    section = render(times, args.n, note, docker, args.docker_n, syscalls)
     print(section)
     if args.write:
         write_doc(args.write, section)
