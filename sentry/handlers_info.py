@@ -140,6 +140,26 @@ def has_capability(pid: int, cap: int) -> bool:
     return False
 
 
+# struct sysinfo's fields, in kernel.SYSINFO's order.
+_SYSINFO_FIELDS = (
+    "uptime",
+    "load1",
+    "load5",
+    "load15",
+    "totalram",
+    "freeram",
+    "sharedram",
+    "bufferram",
+    "totalswap",
+    "freeswap",
+    "procs",
+    "pad",
+    "totalhigh",
+    "freehigh",
+    "mem_unit",
+)
+
+
 class InfoHandlers:
     """The handlers, sharing one :class:`UtsState` and one :class:`InfoConfig`."""
 
@@ -192,55 +212,23 @@ class InfoHandlers:
     def sysinfo_fields(self) -> tuple[int, ...]:
         """The struct sysinfo the container sees (fields of kernel.SYSINFO)."""
         cfg = self.config
-        (
-            uptime,
-            l1,
-            l5,
-            l15,
-            totalram,
-            freeram,
-            sharedram,
-            bufferram,
-            totalswap,
-            freeswap,
-            procs,
-            pad,
-            totalhigh,
-            freehigh,
-            unit,
-        ) = kernel.sysinfo()
-        unit = unit or 1
+        f = dict(zip(_SYSINFO_FIELDS, kernel.sysinfo(), strict=True))
+        unit = f["mem_unit"] or 1
         if cfg.boot_time is not None:
-            uptime = max(0, int(time.clock_gettime(time.CLOCK_BOOTTIME) - cfg.boot_time))
+            f["uptime"] = max(0, int(time.clock_gettime(time.CLOCK_BOOTTIME) - cfg.boot_time))
         if cfg.memory_limit is not None:
             limit = cfg.memory_limit // unit
             used = (cfg.memory_usage() if cfg.memory_usage else 0) // unit
-            totalram = min(totalram, limit)
-            freeram = max(0, min(freeram, totalram - used))
-            sharedram = min(sharedram, totalram)
-            bufferram = min(bufferram, totalram)
+            f["totalram"] = min(f["totalram"], limit)
+            f["freeram"] = max(0, min(f["freeram"], f["totalram"] - used))
+            f["sharedram"] = min(f["sharedram"], f["totalram"])
+            f["bufferram"] = min(f["bufferram"], f["totalram"])
         if cfg.swap_limit is not None:
-            totalswap = min(totalswap, cfg.swap_limit // unit)
-            freeswap = min(freeswap, totalswap)
+            f["totalswap"] = min(f["totalswap"], cfg.swap_limit // unit)
+            f["freeswap"] = min(f["freeswap"], f["totalswap"])
         if cfg.task_count is not None:
-            procs = min(cfg.task_count(), 0xFFFF)
-        return (
-            uptime,
-            l1,
-            l5,
-            l15,
-            totalram,
-            freeram,
-            sharedram,
-            bufferram,
-            totalswap,
-            freeswap,
-            procs,
-            pad,
-            totalhigh,
-            freehigh,
-            unit,
-        )
+            f["procs"] = min(cfg.task_count(), 0xFFFF)
+        return tuple(f.values())
 
     def sysinfo(self, call: Call) -> Result:
         call.write(call.notif.args[0], kernel.SYSINFO.pack(*self.sysinfo_fields()))

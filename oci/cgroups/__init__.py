@@ -21,6 +21,8 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
 
+from .. import kernel
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any, Literal
@@ -403,6 +405,27 @@ class CgroupManager(abc.ABC):
         finally:
             if frozen_here:
                 self.thaw()
+
+    def kill_until_empty(self, pause: Callable[[], None]) -> None:
+        """SIGKILL everything until the cgroup is empty (2 s at most); ``pause``
+        waits a moment between rounds (v2 can wait for cgroup.events)."""
+        deadline = time.monotonic() + 2.0
+        while True:
+            pids = self.pids()
+            if not pids:
+                return
+            signal_pids(pids, kernel.SIGKILL)
+            if time.monotonic() > deadline:
+                log.warning("cgroup: processes %s survived SIGKILL in %s", pids, self.path)
+                return
+            pause()
+
+    def thaw_quietly(self) -> None:
+        if self.is_frozen():
+            try:
+                self.thaw()
+            except CgroupError as e:
+                log.warning("cgroup: thaw before destroy failed: %s", e)
 
     @abc.abstractmethod
     def stats(self) -> dict[str, Any]:

@@ -6,7 +6,6 @@ import os
 import time
 from collections.abc import Mapping
 
-from .. import kernel
 from . import (
     CgroupError,
     CgroupManager,
@@ -17,7 +16,6 @@ from . import (
     read_keyed,
     read_optional,
     remove_tree,
-    signal_pids,
     tree_pids,
     v1_mounts,
     write_file,
@@ -563,21 +561,8 @@ class V1Manager(CgroupManager):
             remove_tree(d)
 
     def _kill_everything(self) -> None:
-        if self.is_frozen():
-            try:
-                self.thaw()
-            except CgroupError as e:
-                log.warning("cgroup: thaw before destroy failed: %s", e)
-        deadline = time.monotonic() + 2.0
-        while True:
-            pids = self.pids()
-            if not pids:
-                return
-            signal_pids(pids, kernel.SIGKILL)
-            if time.monotonic() > deadline:
-                log.warning("cgroup: processes %s survived SIGKILL in %s", pids, self.path)
-                return
-            time.sleep(0.01)
+        self.thaw_quietly()
+        self.kill_until_empty(lambda: time.sleep(0.01))
 
 
 def _int_list(text: str | None) -> list[int]:

@@ -17,7 +17,6 @@ from . import (
     read_keyed,
     read_optional,
     remove_tree,
-    signal_pids,
     tree_pids,
     v2_mountpoint,
     write_file,
@@ -427,6 +426,18 @@ class V2Manager(CgroupManager):
             raise CgroupError(f"cgroup {name}: inotify: {e.strerror} ({self.dir})") from e
         return fd
 
+    def _wait_for_events(self) -> None:
+        """Until cgroup.events changes (the cgroup empties), at most 50 ms."""
+        fd = self.events_fd()
+        if fd is None:
+            time.sleep(0.01)
+            return
+        try:
+            if self._events().get("populated", 0):
+                select.select([fd], [], [], 0.05)
+        finally:
+            os.close(fd)
+
     # --- teardown ---------------------------------------------------------------------------
 
     def destroy(self) -> None:
@@ -438,29 +449,9 @@ class V2Manager(CgroupManager):
     def _kill_everything(self) -> None:
         if os.path.exists(os.path.join(self.dir, "cgroup.kill")):
             write_file(self.dir, "cgroup.kill", 1)
-        elif self.is_frozen():
-            try:
-                self.thaw()
-            except CgroupError as e:
-                log.warning("cgroup: thaw before destroy failed: %s", e)
-        deadline = time.monotonic() + 2.0
-        while True:
-            pids = self.pids()
-            if not pids:
-                break
-            signal_pids(pids, kernel.SIGKILL)
-            if time.monotonic() > deadline:
-                log.warning("cgroup: processes %s survived SIGKILL in %s", pids, self.path)
-                break
-            fd = self.events_fd()
-            if fd is None:
-                time.sleep(0.01)
-                continue
-            try:
-                if self._events().get("populated", 0):
-                    select.select([fd], [], [], 0.05)
-            finally:
-                os.close(fd)
+        else:
+            self.thaw_quietly()
+        self.kill_until_empty(self._wait_for_events)
         if self.is_frozen():
             try:
                 self.thaw()

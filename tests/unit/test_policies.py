@@ -27,6 +27,7 @@ import pytest
 from pysandbox.oci import kernel
 from pysandbox.policies import compiler as pc
 from pysandbox.syscalls import table
+from tests.forked import run_in_child
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -55,30 +56,13 @@ def raw(nr: int, *args: int) -> int:
 def run_filtered(bpf: bytes, flags: int, body: Callable[[int, int], Any]) -> tuple[int, Any]:
     """Fork; the child loads the filter, runs body(listener or -1, its pid) and reports its
     JSON result through a pipe. Returns (wait status, result or None)."""
-    rfd, wfd = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # child
-        code = 0
-        try:
-            os.close(rfd)
-            me = os.getpid()  # before the filter: strict routes getpid to the sentry
-            fd = kernel.seccomp_load_bpf(bpf, flags)
-            result = body(fd if flags else -1, me)
-            os.write(wfd, json.dumps(result).encode())
-        except BaseException as e:
-            try:
-                os.write(wfd, json.dumps({"exception": repr(e)}).encode())
-            finally:
-                code = 3
-        os._exit(code)
-    os.close(wfd)
-    chunks = []
-    while chunk := os.read(rfd, 65536):
-        chunks.append(chunk)
-    os.close(rfd)
-    _, status = os.waitpid(pid, 0)
-    data = b"".join(chunks)
-    return status, json.loads(data) if data else None
+
+    def child() -> Any:
+        me = os.getpid()  # before the filter: strict routes getpid to the sentry
+        fd = kernel.seccomp_load_bpf(bpf, flags)
+        return body(fd if flags else -1, me)
+
+    return run_in_child(child)
 
 
 def errno_variant(name: str) -> pc.CompiledPolicy:

@@ -18,6 +18,7 @@ import pytest
 
 from pysandbox.oci import kernel
 from pysandbox.oci import seccomp as sc
+from tests.forked import run_in_child
 
 SPECS = Path(__file__).resolve().parents[3] / "shared" / "reference" / "specs"
 
@@ -53,29 +54,7 @@ def profile(name: str) -> dict[str, Any]:
 def run_filtered(compiled: sc.CompiledFilter, body: Callable[[int | None], Any]) -> tuple[int, Any]:
     """Fork; the child loads the filter, runs body(listener_fd) and reports its
     JSON result through a pipe. Returns (wait status, result or None)."""
-    rfd, wfd = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # child
-        code = 0
-        try:
-            os.close(rfd)
-            fd = sc.load_filter(compiled)
-            result = body(fd)
-            os.write(wfd, json.dumps(result).encode())
-        except BaseException as e:
-            try:
-                os.write(wfd, json.dumps({"exception": repr(e)}).encode())
-            finally:
-                code = 3
-        os._exit(code)
-    os.close(wfd)
-    chunks = []
-    while chunk := os.read(rfd, 65536):
-        chunks.append(chunk)
-    os.close(rfd)
-    _, status = os.waitpid(pid, 0)
-    data = b"".join(chunks)
-    return status, json.loads(data) if data else None
+    return run_in_child(lambda: body(sc.load_filter(compiled)))
 
 
 def ok(compiled: sc.CompiledFilter, body: Callable[[int | None], Any]) -> Any:
