@@ -129,12 +129,6 @@ def exec_command(root: str, log: Logger, p: Parsed) -> int:
     )
     if not detach:
         k.prctl(k.PR_SET_CHILD_SUBREAPER, 1)
-    # The child joins the container's mount namespace before it sets up the
-    # process, and from there our package is out of reach: import now.
-    from pysandbox.oci import credentials  # noqa: F401
-
-    if console_sock is not None:
-        from pysandbox.oci import console  # noqa: F401
     try:
         launched = launch(plan)
     finally:

@@ -106,6 +106,7 @@ def launch(
         os.chmod(f"/proc/self/fd/{plan.fifo_fd}", 0o622)
     if os.environ.get("PYSANDBOX_TRACE"):
         import traceback  # noqa: F401  (stage 2 cannot import after pivot_root)
+    _import_what_the_children_need(plan)
     parent, child = sync.pair()
     pid1 = os.fork()
     if pid1 == 0:
@@ -147,6 +148,19 @@ def launch(
         parent.close()
         raise
     return Launched(init_pid, parent)
+
+
+def _import_what_the_children_need(plan: LaunchPlan) -> None:
+    """Import, before forking, every module the stages import lazily: once they
+    have joined a mount namespace or pivoted, our package is out of reach."""
+    if plan.console is not None:
+        from pysandbox.oci import console  # noqa: F401
+    if plan.spec is not None and (
+        plan.spec.hooks.create_container or plan.spec.hooks.start_container
+    ):
+        from pysandbox.oci import hooks  # noqa: F401
+    if plan.seccomp is not None:
+        from pysandbox.oci import seccomp  # noqa: F401
 
 
 def _reap(pid: int) -> None:
@@ -230,16 +244,6 @@ def _stage2(plan: LaunchPlan, sock: sync.Channel) -> None:
     try:
         sync.expect(sock, "go2")
         process = plan.process
-        # Everything stage 2 will import must be imported now: after pivot_root
-        # the host's file system (and our package) is out of reach.
-        if plan.console is not None:
-            from pysandbox.oci import console  # noqa: F401
-        if plan.spec is not None and (
-            plan.spec.hooks.create_container or plan.spec.hooks.start_container
-        ):
-            from pysandbox.oci import hooks  # noqa: F401
-        if plan.seccomp is not None:
-            from pysandbox.oci import seccomp  # noqa: F401
         if plan.new_ns & k.CLONE_NEWNET:
             k.set_link_up("lo")
         if plan.rootfs is not None:

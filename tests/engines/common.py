@@ -16,7 +16,6 @@ import os
 import signal
 import subprocess
 import tarfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -139,14 +138,3 @@ def remove_top_cgroup(name: str) -> None:
     for hierarchy in [root, *root.iterdir()]:
         with contextlib.suppress(OSError):
             remove_cgroup_tree(hierarchy / name)
-
-
-def wait_until(predicate: Callable[[], object], timeout: float = 10.0) -> object:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        time.sleep(0.05)

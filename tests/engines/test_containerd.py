@@ -18,7 +18,8 @@ from typing import Any
 import pytest
 
 from tests.conftest import PYSANDBOX
-from tests.engines.common import wait_until, write_image_tar
+from tests.conftest import wait_for as wait_until
+from tests.engines.common import write_image_tar
 from tests.engines.containerd_fixture import (
     CRI_PLUGIN,
     REPO,
