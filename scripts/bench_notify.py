@@ -3,7 +3,7 @@
 A forked child installs a filter (uname -> listener, getsid -> ERRNO(EPERM),
 the rest allowed) and times N calls of each from Python; the parent serves
 the listener with the real :class:`~pysandbox.sentry.loop.Sentry` and
-:class:`~pysandbox.sentry.handlers_info.InfoHandlers`. Each figure is the
+:class:`~pysandbox.syscalls.info.InfoHandlers`. Each figure is the
 median over R rounds of (round time / N), printed next to the same Python
 call without any filter, with the sentry and the child pinned to one CPU and
 unpinned. ``--json`` prints the numbers as one JSON object.
@@ -20,7 +20,8 @@ import time
 from collections.abc import Callable
 
 from pysandbox.oci import kernel
-from pysandbox.sentry import bpf, handlers_info, harness, loop
+from pysandbox.sentry import bpf, harness, loop
+from pysandbox.syscalls import info as handlers_info
 
 NR_GETSID = 124
 

@@ -20,7 +20,7 @@ gone), or when init's end of the socketpair closes before a listener came
 Routing (transitional)
 ----------------------
 Every number the profile routes to the sentry gets a handler. The handlers
-that exist (sentry/handlers_info.py: uname, sethostname, setdomainname,
+that exist (syscalls/info.py: uname, sethostname, setdomainname,
 sysinfo, time setting) serve their calls for real. Every other routed call
 (the file system and process calls whose handlers come with the gofer and the
 process layer) is answered by :func:`passthrough`: SECCOMP_USER_NOTIF_FLAG_
@@ -136,7 +136,9 @@ def _main(
     import socket
     import threading
 
-    from .handlers_info import InfoConfig, InfoHandlers
+    from pysandbox.syscalls.info import InfoConfig
+    from pysandbox.syscalls.routes import served_routes
+
     from .loop import Sentry
     from .notify import recv_listener
 
@@ -178,8 +180,8 @@ def _main(
         with contextlib.suppress(OSError):
             os.write(2, (message if message.endswith("\n") else message + "\n").encode())
 
-    info = InfoHandlers(InfoConfig(hostname=hostname, domainname=domainname))
-    sentry = Sentry(build_routes(routing, info.routes()), log=log)
+    info = InfoConfig(hostname=hostname, domainname=domainname)
+    sentry = Sentry(build_routes(routing, served_routes(info)), log=log)
 
     try:
         first = recv_listener(init_sock)

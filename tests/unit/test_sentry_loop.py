@@ -22,10 +22,11 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from pysandbox.oci import kernel
-from pysandbox.sentry import bpf, handlers_info, harness, loop
+from pysandbox.sentry import bpf, harness, loop
 from pysandbox.sentry.loop import Call, Errno, InstallFd, Result, Sentry
 from pysandbox.sentry.memory import PAGE_SIZE
 from pysandbox.sentry.notify import Listener
+from pysandbox.syscalls import info as handlers_info
 
 NR_GETPPID = 110
 NR_OPENAT = 257

@@ -33,8 +33,7 @@ from collections.abc import Callable
 
 from pysandbox.oci import kernel
 from pysandbox.oci.records import record
-
-from .loop import Call, Errno, Handler, Result
+from pysandbox.sentry.loop import Call, Errno, Handler, Result
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
