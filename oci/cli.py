@@ -101,9 +101,15 @@ GLOBAL_FLAGS = (
     Flag(
         ("sandbox",),
         True,
-        help="sentry or none (default: none; opt-in, transitional): serve syscalls in the sentry",
+        help="sentry (default) or none (no sentry: namespaces, cgroups and seccomp only, as runc)",
     ),
     Flag(("profile",), True, help="sandbox profile name or path (default: default)"),
+    Flag(("strace",), help="log every syscall the sentry serves, with arguments and result"),
+    Flag(
+        ("debug-log",),
+        True,
+        help="the sentry's log file (%ID%: the container id; a path ending in / is a directory)",
+    ),
     Flag(("help", "h"), help="show help"),
     Flag(("version", "v"), help="print the version"),
 )
@@ -410,6 +416,8 @@ def _runtime(root: str, log: Logger, g: Parsed) -> object:
         systemd_cgroup=g.flag("systemd-cgroup"),
         sandbox=g.opt("sandbox"),
         profile=g.opt("profile"),
+        strace=g.flag("strace"),
+        debug_log=g.opt("debug-log") or "",
     )
 
 

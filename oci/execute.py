@@ -9,7 +9,7 @@ import os
 from pysandbox.oci import kernel as k
 from pysandbox.oci.lifecycle import Runtime, wait_foreground
 from pysandbox.oci.log import Logger, RuntimeFailure
-from pysandbox.oci.state import CREATED, PAUSED, RUNNING, STOPPED, write_file_atomic
+from pysandbox.oci.state import CREATED, PAUSED, RUNNING, STOPPED, cache_dir, write_file_atomic
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -100,7 +100,7 @@ def exec_command(root: str, log: Logger, p: Parsed) -> int:
         from pysandbox.oci.seccomp import SeccompError, compile_cached
 
         try:
-            seccomp = compile_cached(profile, os.path.join(rt.store.root, ".cache"))
+            seccomp = compile_cached(profile, cache_dir(rt.store.root))
         except SeccompError as e:
             raise RuntimeFailure(str(e)) from None
     console_sock: socket.socket | None = None
@@ -155,14 +155,14 @@ def _sentry_plan(rt: Runtime, rec: ContainerRecord) -> tuple[bytes | None, socke
 
     if rec.sandbox != SANDBOX_SENTRY:
         return None, None
-    from pysandbox.sentry.service import SENTRY_SOCKET
+    from pysandbox.sentry.service import connect_control
 
     policy = compile_policy(rec.profile, rt.store.root)
     import socket
 
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     try:
-        sock.connect(os.path.join(rt.store.dir(rec.id), SENTRY_SOCKET))
+        connect_control(sock, rt.store.dir(rec.id))
     except OSError as e:
         sock.close()
         raise RuntimeFailure(f"the container's sentry is not reachable: {e.strerror}") from None

@@ -608,6 +608,7 @@ def bpf_prog_info(prog_fd: int) -> tuple[int, int, str]:
 import fcntl as _fcntl  # noqa: E402 - this section is appended, see above
 import struct as _struct  # noqa: E402
 
+SYS_IOCTL: Final = 16
 SYS_SYSINFO: Final = 99
 SYS_UNAME: Final = 63
 SYS_GETPPID: Final = 110
@@ -790,13 +791,11 @@ def pidfd_getfd(pidfd: int, targetfd: int, flags: int = 0) -> int:
     )
 
 
-class _Iovec(ctypes.Structure):
-    _fields_ = [("iov_base", ctypes.c_void_p), ("iov_len", ctypes.c_size_t)]
-
-
 # No argtypes: converting six arguments through argtypes costs ~0.4 us more per
-# call than passing ready-made ctypes objects (the pid is a Python int, which
-# ctypes passes as a C int, exactly pid_t).
+# call than passing ready-made objects. The pid and the iovec counts are Python
+# ints, which ctypes passes as C ints (pid_t exactly; libffi widens the counts to
+# the unsigned long registers); the iovecs go by byref, the cheapest pointer
+# argument ctypes has.
 _pvm_readv = _libc.process_vm_readv
 _pvm_readv.restype = ctypes.c_ssize_t
 _pvm_writev = _libc.process_vm_writev
@@ -806,12 +805,15 @@ _get_errno = ctypes.get_errno
 VM_BUF_SIZE: Final = 1 << 16  # one transfer; larger requests are split
 _vm_buf = ctypes.create_string_buffer(VM_BUF_SIZE)
 _vm_view = memoryview(_vm_buf).cast("B")
-_vm_local = _Iovec(ctypes.addressof(_vm_buf), 0)
-_vm_remote = _Iovec(0, 0)
-_vm_local_p = ctypes.c_void_p(ctypes.addressof(_vm_local))
-_vm_remote_p = ctypes.c_void_p(ctypes.addressof(_vm_remote))
-_ONE = ctypes.c_ulong(1)
-_ZERO = ctypes.c_ulong(0)
+# Two struct iovec, local then remote, in one buffer: {base, len} {base, len}.
+# local.base is always _vm_buf; one pack_into at offset 8 sets the other three
+# fields (cheaper than three ctypes attribute stores).
+_vm_iovs = bytearray(32)
+_U64.pack_into(_vm_iovs, 0, ctypes.addressof(_vm_buf))
+_vm_iovs_c = (ctypes.c_char * 32).from_buffer(_vm_iovs)
+_vm_local_ref = ctypes.byref(_vm_iovs_c)
+_vm_remote_ref = ctypes.byref(_vm_iovs_c, 16)
+_vm_set = _struct.Struct("=QQQ").pack_into  # local.len, remote.base, remote.len
 EFAULT: Final = 14
 
 
@@ -826,10 +828,8 @@ def process_vm_readv(pid: int, addr: int, size: int) -> bytes:
             process_vm_readv(pid, addr + off, min(VM_BUF_SIZE, size - off))
             for off in range(0, size, VM_BUF_SIZE)
         )
-    _vm_local.iov_len = size
-    _vm_remote.iov_base = addr
-    _vm_remote.iov_len = size
-    n = _pvm_readv(pid, _vm_local_p, _ONE, _vm_remote_p, _ONE, _ZERO)
+    _vm_set(_vm_iovs, 8, size, addr, size)
+    n = _pvm_readv(pid, _vm_local_ref, 1, _vm_remote_ref, 1, 0)
     if n != size:
         err = _get_errno() if n < 0 else EFAULT  # short: ran into an unmapped page
         raise OSError(err, os.strerror(err))
@@ -841,6 +841,7 @@ def process_vm_writev(pid: int, addr: int, data: bytes) -> None:
 
     OSError(EFAULT) if the range is not wholly writable; a short write may
     have changed a prefix of the range, as the kernel's own copy_to_user can.
+    Not thread-safe, like process_vm_readv.
     """
     size = len(data)
     if size > VM_BUF_SIZE:
@@ -848,10 +849,8 @@ def process_vm_writev(pid: int, addr: int, data: bytes) -> None:
             process_vm_writev(pid, addr + off, data[off : off + VM_BUF_SIZE])
         return
     _vm_view[:size] = data
-    _vm_local.iov_len = size
-    _vm_remote.iov_base = addr
-    _vm_remote.iov_len = size
-    n = _pvm_writev(pid, _vm_local_p, _ONE, _vm_remote_p, _ONE, _ZERO)
+    _vm_set(_vm_iovs, 8, size, addr, size)
+    n = _pvm_writev(pid, _vm_local_ref, 1, _vm_remote_ref, 1, 0)
     if n != size:
         err = _get_errno() if n < 0 else EFAULT
         raise OSError(err, os.strerror(err))
@@ -879,3 +878,137 @@ def adjtimex(timex: bytearray) -> int:
         raise ValueError("struct timex is 208 bytes")
     buf = (ctypes.c_char * TIMEX_SIZE).from_buffer(timex)
     return _check(_libc.adjtimex(buf))
+
+
+# --- sentry self-confinement: Landlock, dumpable ---------------------------------
+# include/uapi/linux/landlock.h. The sentry (sentry/confine.py) restricts itself
+# to reading what it was handed; the rights a kernel knows grow with its ABI
+# version, and a ruleset may only name rights the running kernel knows.
+SYS_LANDLOCK_CREATE_RULESET: Final = 444
+SYS_LANDLOCK_ADD_RULE: Final = 445
+SYS_LANDLOCK_RESTRICT_SELF: Final = 446
+LANDLOCK_CREATE_RULESET_VERSION: Final = 1 << 0
+LANDLOCK_RULE_PATH_BENEATH: Final = 1
+LANDLOCK_ACCESS_FS_EXECUTE: Final = 1 << 0
+LANDLOCK_ACCESS_FS_WRITE_FILE: Final = 1 << 1
+LANDLOCK_ACCESS_FS_READ_FILE: Final = 1 << 2
+LANDLOCK_ACCESS_FS_READ_DIR: Final = 1 << 3
+LANDLOCK_ACCESS_FS_REMOVE_DIR: Final = 1 << 4
+LANDLOCK_ACCESS_FS_REMOVE_FILE: Final = 1 << 5
+LANDLOCK_ACCESS_FS_MAKE_CHAR: Final = 1 << 6
+LANDLOCK_ACCESS_FS_MAKE_DIR: Final = 1 << 7
+LANDLOCK_ACCESS_FS_MAKE_REG: Final = 1 << 8
+LANDLOCK_ACCESS_FS_MAKE_SOCK: Final = 1 << 9
+LANDLOCK_ACCESS_FS_MAKE_FIFO: Final = 1 << 10
+LANDLOCK_ACCESS_FS_MAKE_BLOCK: Final = 1 << 11
+LANDLOCK_ACCESS_FS_MAKE_SYM: Final = 1 << 12
+LANDLOCK_ACCESS_FS_REFER: Final = 1 << 13  # ABI 2
+LANDLOCK_ACCESS_FS_TRUNCATE: Final = 1 << 14  # ABI 3
+LANDLOCK_ACCESS_FS_IOCTL_DEV: Final = 1 << 15  # ABI 5
+LANDLOCK_ACCESS_NET_BIND_TCP: Final = 1 << 0  # ABI 4
+LANDLOCK_ACCESS_NET_CONNECT_TCP: Final = 1 << 1  # ABI 4
+LANDLOCK_SCOPE_ABSTRACT_UNIX_SOCKET: Final = 1 << 0  # ABI 6
+LANDLOCK_SCOPE_SIGNAL: Final = 1 << 1  # ABI 6
+PR_GET_DUMPABLE: Final = 3
+PR_SET_DUMPABLE: Final = 4
+
+
+class _LandlockRulesetAttr(ctypes.Structure):
+    _fields_ = [
+        ("handled_access_fs", ctypes.c_uint64),
+        ("handled_access_net", ctypes.c_uint64),  # ABI 4
+        ("scoped", ctypes.c_uint64),  # ABI 6
+    ]
+
+
+class _LandlockPathBeneathAttr(ctypes.Structure):
+    _pack_ = 1  # __attribute__((packed)): 12 bytes
+    _fields_ = [("allowed_access", ctypes.c_uint64), ("parent_fd", ctypes.c_int32)]
+
+
+def landlock_abi_version() -> int:
+    """The kernel's Landlock ABI version; 0 if Landlock is missing or disabled at boot."""
+    ret = _syscall(
+        SYS_LANDLOCK_CREATE_RULESET,
+        None,
+        ctypes.c_size_t(0),
+        ctypes.c_uint32(LANDLOCK_CREATE_RULESET_VERSION),
+    )
+    return int(ret) if ret > 0 else 0
+
+
+def landlock_create_ruleset(handled_fs: int, handled_net: int = 0, scoped: int = 0) -> int:
+    """landlock_create_ruleset(2); returns the ruleset fd (close-on-exec).
+
+    The struct is passed as long as the newest field that is set needs, so an
+    older kernel (which rejects a size it does not know unless the tail is
+    zero) gets only what it understands.
+    """
+    attr = _LandlockRulesetAttr(handled_fs, handled_net, scoped)
+    size = 24 if scoped else 16 if handled_net else 8
+    return _check(
+        _syscall(
+            SYS_LANDLOCK_CREATE_RULESET,
+            ctypes.byref(attr),
+            ctypes.c_size_t(size),
+            ctypes.c_uint32(0),
+        )
+    )
+
+
+def landlock_add_path_beneath(ruleset_fd: int, parent_fd: int, allowed_access: int) -> None:
+    """landlock_add_rule(2), LANDLOCK_RULE_PATH_BENEATH: allow rights beneath parent_fd."""
+    attr = _LandlockPathBeneathAttr(allowed_access, parent_fd)
+    _check(
+        _syscall(
+            SYS_LANDLOCK_ADD_RULE,
+            ctypes.c_int(ruleset_fd),
+            ctypes.c_int(LANDLOCK_RULE_PATH_BENEATH),
+            ctypes.byref(attr),
+            ctypes.c_uint32(0),
+        )
+    )
+
+
+def landlock_restrict_self(ruleset_fd: int, flags: int = 0) -> None:
+    """landlock_restrict_self(2): enforce the ruleset on the calling thread (and its
+    future children/threads). Needs no_new_privs (or CAP_SYS_ADMIN)."""
+    _check(_syscall(SYS_LANDLOCK_RESTRICT_SELF, ctypes.c_int(ruleset_fd), ctypes.c_uint32(flags)))
+
+
+# --- process and signal calls served by the sentry (syscalls/process.py, signal.py) ---
+SYS_KILL: Final = 62
+SYS_GETRLIMIT: Final = 97
+SYS_GETRUSAGE: Final = 98
+SYS_TIMES: Final = 100
+SYS_PTRACE: Final = 101
+SYS_RT_SIGQUEUEINFO: Final = 129
+SYS_PRCTL: Final = 157
+SYS_SETRLIMIT: Final = 160
+SYS_TKILL: Final = 200
+SYS_TGKILL: Final = 234
+SYS_RT_TGSIGQUEUEINFO: Final = 297
+SYS_PRLIMIT64: Final = 302
+NS_GET_PARENT: Final = 0xB702  # _IO(0xb7, 0x2): fd of the parent pid/user namespace
+SIGINFO_SIZE: Final = 128
+
+
+def ns_get_parent(ns_fd: int) -> int:
+    """NS_GET_PARENT: a new fd for the parent of a pid (or user) namespace.
+
+    OSError EPERM when the parent is outside the caller's namespace (or there
+    is none: the initial namespace).
+    """
+    return int(_fcntl.ioctl(ns_fd, NS_GET_PARENT))
+
+
+def pidfd_send_signal_info(pidfd: int, sig: int, info: bytes | None, flags: int = 0) -> None:
+    """pidfd_send_signal(2) with an optional raw siginfo_t (128 bytes; the stdlib takes none)."""
+    if info is not None and len(info) != SIGINFO_SIZE:
+        raise ValueError("siginfo_t is 128 bytes")
+    buf = ctypes.create_string_buffer(info, SIGINFO_SIZE) if info is not None else None
+    _check(
+        _syscall(
+            SYS_PIDFD_SEND_SIGNAL, ctypes.c_int(pidfd), ctypes.c_int(sig), buf, ctypes.c_uint(flags)
+        )
+    )

@@ -25,6 +25,7 @@ from pysandbox.oci.state import (
     ContainerRecord,
     Fragment,
     StateStore,
+    cache_dir,
     process_start_time,
     process_state,
     validate_id,
@@ -62,6 +63,8 @@ class Runtime:
         systemd_cgroup: bool = False,
         sandbox: str | None = None,
         profile: str | None = None,
+        strace: bool = False,
+        debug_log: str = "",
     ) -> None:
         self.store = StateStore(root)
         self.log = log
@@ -70,6 +73,8 @@ class Runtime:
         # environment, then the default decide; see sandbox_choice).
         self.sandbox = sandbox
         self.profile = profile
+        self.strace = strace  # runsc's --strace: served calls to the sentry's log
+        self.debug_log = debug_log  # runsc's --debug-log (%ID% expands)
 
     # --- status ------------------------------------------------------------------
     def status(self, rec: ContainerRecord) -> str:
@@ -156,9 +161,7 @@ class Runtime:
             from pysandbox.oci.seccomp import SeccompError, compile_cached
 
             try:
-                seccomp = compile_cached(
-                    spec.linux.seccomp, os.path.join(self.store.root, ".cache")
-                )
+                seccomp = compile_cached(spec.linux.seccomp, cache_dir(self.store.root))
             except SeccompError as e:
                 raise RuntimeFailure(str(e)) from None
         sandbox, profile = sandbox_choice(self.sandbox, self.profile, spec.annotations)
@@ -226,9 +229,6 @@ class Runtime:
                 rec.cgroup = cgroup.to_dict()
                 self.store.save(rec, partial=True)
                 cgroup.apply(effective_resources(spec))
-                if rec.sentry_pid:
-                    # In the container's cgroup: destroying it kills the sentry.
-                    cgroup.add_process(rec.sentry_pid)
             except CgroupError as e:
                 raise RuntimeFailure(str(e)) from None
 
@@ -244,7 +244,7 @@ class Runtime:
         sentry_sock: _socket.socket | None = None
         try:
             if policy is not None:
-                sentry_sock = self._start_sentry(state_dir, rec, spec, policy)
+                sentry_sock = self._start_sentry(state_dir, rec, spec, policy, cgroup)
             if spec.process.terminal:
                 if opts.console_socket:
                     from pysandbox.oci.console import connect_console_socket
@@ -313,6 +313,12 @@ class Runtime:
                 )
             finally:
                 stop_priming()
+            if sentry_sock is not None:
+                # Only now: init has joined the container's cgroup, which
+                # the sentry's task table reads as the container's.
+                from pysandbox.sentry.service import send_init_pid
+
+                send_init_pid(sentry_sock, launched.pid)
         finally:
             os.close(fifo_fd)
             if console_sock is not None:
@@ -331,21 +337,38 @@ class Runtime:
         return launched
 
     def _start_sentry(
-        self, state_dir: str, rec: ContainerRecord, spec: Spec, policy: CompiledPolicy
+        self,
+        state_dir: str,
+        rec: ContainerRecord,
+        spec: Spec,
+        policy: CompiledPolicy,
+        cgroup: CgroupManager,
     ) -> _socket.socket:
         """Fork the sentry (sentry/service.py); record it before anything else
         can fail, so delete finds it. Returns the socket init sends its listener on."""
         from pysandbox.sentry import service
 
-        if spec.linux.namespace("uts") is not None:
+        uts_ns = spec.linux.namespace("uts")
+        if uts_ns is not None and uts_ns.path:  # a pod's: the names it already has
+            hostname, domainname = uts_names(uts_ns.path)
+        elif uts_ns is not None:
             hostname = spec.hostname or ""
             domainname = spec.domainname or "(none)"
         else:  # the host's UTS namespace: the host's names
-            uts = os.uname()
-            hostname, domainname = uts.nodename, "(none)"
-        pid, sock = service.start(
-            state_dir, policy.routing, hostname=hostname, domainname=domainname
+            hostname, domainname = os.uname().nodename, "(none)"
+        personality = spec.linux.personality.domain if spec.linux.personality else ""
+        options = service.SentryOptions(
+            hostname=hostname,
+            domainname=domainname,
+            machine="i686" if personality == "LINUX32" else "x86_64",
+            state_dir=state_dir,
+            cgroup_dir=cgroup.main_dir(),
+            strace=self.strace,
+            debug_log=service.debug_log_path(self.debug_log, rec.id, state_dir)
+            if self.debug_log
+            else "",
         )
+        pid, sock = service.start(state_dir, policy.routing, options)
         rec.sentry_pid = pid
         rec.sentry_start = process_start_time(pid)
         try:
@@ -371,7 +394,7 @@ class Runtime:
         if rec.pid and self._alive(rec):
             with contextlib.suppress(OSError):
                 os.kill(rec.pid, k.SIGKILL)
-        kill_sentry(rec)
+        kill_sentry(rec, self.store.dir(rec.id))
         if cgroup is not None:
             with contextlib.suppress(Exception):
                 cgroup.destroy()
@@ -510,9 +533,7 @@ class Runtime:
         if rec.pid and self._alive(rec):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(rec.pid, k.SIGKILL)
-        # Before the look at the cgroup: a sentry still in it would send us
-        # down the freezer path, which costs milliseconds.
-        kill_sentry(rec)
+        kill_sentry(rec, self.store.dir(rec.id))
         # An empty cgroup (the common case: init has exited) needs no freezing
         # and signalling, and each freezer round trip costs milliseconds.
         if cg is not None and _has_processes(cg):
@@ -590,7 +611,7 @@ SANDBOXES = (SANDBOX_SENTRY, SANDBOX_NONE)
 SANDBOX_ANNOTATION = "io.github.pysandbox.sandbox"
 PROFILE_ANNOTATION = "io.github.pysandbox.profile"
 SANDBOX_ENV = "PYSANDBOX_SANDBOX"
-DEFAULT_SANDBOX = SANDBOX_NONE  # opt-in in this slice
+DEFAULT_SANDBOX = SANDBOX_SENTRY
 DEFAULT_PROFILE = "default"
 
 
@@ -619,7 +640,7 @@ def sandbox_choice(
 
 
 def compile_policy(profile: str, root: str) -> CompiledPolicy:
-    """Load and compile a sandbox profile (BPF cached under the state root).
+    """Load and compile a sandbox profile (BPF cached, see state.cache_dir).
 
     Loading a profile (tomllib, the syscall table, validation) costs ~18 ms,
     on every create and exec; so the result (BPF + routing) is also kept
@@ -629,13 +650,15 @@ def compile_policy(profile: str, root: str) -> CompiledPolicy:
     from pysandbox.oci.seccomp import read_cached_bpf, write_cached_bpf
     from pysandbox.policies.compiler import CompiledPolicy, PolicyError, compile_cached
 
-    cache = os.path.join(root, ".cache")
+    cache = cache_dir(root)
     key = _policy_key(profile)
     index_path = os.path.join(cache, f"policy-index-{key}.json")
     bpf_path = os.path.join(cache, f"policy-index-{key}.bpf")
     try:
         with open(index_path, "rb") as f:
-            index: bytes | None = f.read()
+            st = os.fstat(f.fileno())
+            trusted = st.st_uid == os.geteuid() and not st.st_mode & 0o022
+            index: bytes | None = f.read() if trusted else None
     except OSError:
         index = None
     bpf = read_cached_bpf(bpf_path) if index is not None else None
@@ -694,19 +717,58 @@ def _policy_key(profile: str) -> str:
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 
-def kill_sentry(rec: ContainerRecord, timeout: float = 5.0) -> None:
-    """SIGKILL the container's sentry if it is still there, and wait for it to go.
+def uts_names(ns_path: str) -> tuple[str, str]:
+    """(hostname, domainname) of the UTS namespace at ``ns_path``.
 
-    A pidfd pins the process; the start time guards against a reused pid.
+    Read from a thread that joins it: setns moves only the calling thread,
+    which then ends, so no fork is needed (CRI joins every container of a
+    pod to the pod's UTS namespace, whose names config.json does not repeat).
     """
+    import threading
+
+    found: list[tuple[str, str]] = []
+
+    def read() -> None:
+        fd = os.open(ns_path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            k.setns(fd, k.CLONE_NEWUTS)
+        finally:
+            os.close(fd)
+        with open("/proc/sys/kernel/domainname") as f:  # as this thread sees it
+            domain = f.read().strip()
+        found.append((os.uname().nodename, domain))
+
+    t = threading.Thread(target=read, name="uts-names")
+    t.start()
+    t.join()
+    if not found:
+        raise RuntimeFailure(f"cannot read the UTS namespace {ns_path}")
+    return found[0]
+
+
+def kill_sentry(rec: ContainerRecord, state_dir: str, timeout: float = 5.0) -> None:
+    """SIGKILL the container's sentry and its watchdog if they are still there,
+    and wait for both to go (the watchdog's pid is in the state dir: the
+    sentry forks it after create has saved the state)."""
     if not rec.sentry_pid:
         return
+    _kill_pinned(rec.sentry_pid, rec.sentry_start, timeout)
+    from pysandbox.sentry.service import read_watchdog
+
+    watchdog = read_watchdog(state_dir)
+    if watchdog is not None:
+        _kill_pinned(*watchdog, timeout)
+
+
+def _kill_pinned(pid: int, start: int, timeout: float) -> None:
+    """SIGKILL ``pid`` and wait for it to exit, if it is still the process that
+    started at ``start`` (a pidfd pins it, so the check cannot race a reuse)."""
     try:
-        pidfd = os.pidfd_open(rec.sentry_pid)
+        pidfd = os.pidfd_open(pid)
     except OSError:
         return  # gone (or reaped) already
     try:
-        if process_start_time(rec.sentry_pid) != rec.sentry_start:
+        if process_start_time(pid) != start:
             return
         with contextlib.suppress(ProcessLookupError):
             k.pidfd_send_signal(pidfd, k.SIGKILL)

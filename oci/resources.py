@@ -17,6 +17,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
+    from pysandbox.oci.cgroups import CgroupManager
     from pysandbox.oci.cli import Parsed
 
 _UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50}
@@ -140,14 +141,30 @@ def _emit(obj: dict[str, Any]) -> None:
     sys.stdout.flush()
 
 
+def _stats(cg: CgroupManager, state_dir: str, sandboxed: bool) -> dict[str, Any]:
+    """runc's stats object; a sandboxed container's also carries the sentry's
+    counters under "pysandbox" (callers that parse runc's types ignore keys
+    they do not know): {"syscalls": {disposition: {name: count}}}."""
+    data = cg.stats()
+    if sandboxed:
+        from pysandbox.sentry.service import request_stats
+
+        counts = request_stats(state_dir)
+        if counts is not None:
+            data["pysandbox"] = {"syscalls": counts}
+    return data
+
+
 def events(root: str, log: Logger, cid: str, *, stats_only: bool, interval: str) -> int:
     rt = Runtime(root, log)
     rec = rt.store.load(cid)
     if rt.status(rec) == STOPPED:
         raise RuntimeFailure("container not running")
     cg = rt._cgroup(rec)
+    state_dir = rt.store.dir(cid)
+    sandboxed = bool(rec.sentry_pid)
     if stats_only:
-        _emit({"type": "stats", "id": cid, "data": cg.stats()})
+        _emit({"type": "stats", "id": cid, "data": _stats(cg, state_dir, sandboxed)})
         return 0
     period = _interval(interval)
     oom_fd = cg.oom_event_fd()
@@ -157,7 +174,7 @@ def events(root: str, log: Logger, cid: str, *, stats_only: bool, interval: str)
         while rt.status(rec) != STOPPED:
             now = time.monotonic()
             if now >= next_stats:
-                _emit({"type": "stats", "id": cid, "data": cg.stats()})
+                _emit({"type": "stats", "id": cid, "data": _stats(cg, state_dir, sandboxed)})
                 next_stats = now + period
             wait = max(0.0, min(next_stats - time.monotonic(), 0.5))
             if oom_fd is not None:

@@ -499,6 +499,11 @@ def read_cached_bpf(path: str) -> bytes | None:
     """A cached BPF program, or None when absent or not a plausible program."""
     try:
         with open(path, "rb") as f:
+            st = os.fstat(f.fileno())
+            # Someone else's file, or one others could have written: a
+            # planted filter would be loaded into every container.
+            if st.st_uid != os.geteuid() or st.st_mode & 0o022:
+                return None
             prog = f.read()
     except OSError:
         return None

@@ -76,7 +76,7 @@ class ContainerRecord:
     hooks: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     namespaces: dict[str, str] = field(default_factory=dict)  # OCI type -> path or "" (new)
     console_used: bool = False
-    # --sandbox sentry (opt-in): the profile exec must install too, and the
+    # --sandbox sentry (the default): the profile exec must install too, and the
     # sentry process (pid + start time) delete must not leave behind.
     sandbox: str = "none"
     profile: str = ""
@@ -268,3 +268,21 @@ def process_state(pid: int) -> str:
     except OSError:
         return ""
     return raw[raw.rindex(b")") + 2 :].split()[0].decode()
+
+
+CACHE_ENV = "PYSANDBOX_CACHE_DIR"
+SYSTEM_CACHE = "/var/cache/pysandbox"
+
+
+def cache_dir(root: str) -> str:
+    """Where compiled seccomp programs and policies are cached.
+
+    Not under the state root: callers (containerd, docker) own that
+    directory and expect to find only containers in it. Root uses one
+    system-wide cache (entries are keyed by content or file identity, so
+    roots can share it); others keep it beside their state.
+    """
+    env = os.environ.get(CACHE_ENV)
+    if env:
+        return env
+    return SYSTEM_CACHE if os.geteuid() == 0 else os.path.join(root, ".cache")

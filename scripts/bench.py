@@ -70,13 +70,26 @@ Runner = Callable[[str], list[str]]
 
 
 def runtimes(bundle: Path) -> dict[str, Runner]:
-    roots = {name: WORK / f"root-{name}" for name in ("pysandbox", "runc", "crun", "runsc")}
+    names = ("pysandbox", "pysandbox-none", "runc", "crun", "runsc")
+    roots = {name: WORK / f"root-{name}" for name in names}
     b = str(bundle)
     out: dict[str, Runner] = {
         "pysandbox": lambda cid: [
             PYSANDBOX,
             "--root",
             str(roots["pysandbox"]),
+            "run",
+            "--bundle",
+            b,
+            cid,
+        ],
+        # the namespaces, cgroups and seccomp of runc without the sentry: what it costs
+        "pysandbox --sandbox none": lambda cid: [
+            PYSANDBOX,
+            "--root",
+            str(roots["pysandbox-none"]),
+            "--sandbox",
+            "none",
             "run",
             "--bundle",
             b,
@@ -241,7 +254,7 @@ def syscalls_section(n_calls: int) -> list[str]:
         "### Syscall cost inside the container",
         "",
         f"A static C probe (scripts/bench_syscalls.py, gcc-built at bench time) times {n_calls}",
-        "calls each of uname (served by the sentry under `--sandbox sentry`), getppid (a host",
+        "calls each of uname (served by the sentry, on by default), getppid (a host",
         "call) and keyctl (denied with EPERM by the default profile), with",
         f"clock_gettime(CLOCK_MONOTONIC): ns per call, median of {mod.ROUNDS} `run`s per runtime,",
         "interleaved. The bundle's config.json has no seccomp profile, so without the sentry",

@@ -1,7 +1,7 @@
 """Syscall cost inside the container, for `make bench`.
 
 A tiny static C probe times N calls each of uname (served by the sentry under
-`--sandbox sentry`), getppid (a host call, allowed by the filter) and keyctl (denied
+the default sentry), getppid (a host call, allowed by the filter) and keyctl (denied
 with EPERM by our default profile) with clock_gettime(CLOCK_MONOTONIC), and prints
 ns per call. It is compiled with gcc at bench time into build/ (no binary is kept
 in the tree), copied into a busybox bundle and run with `run` under each runtime,
@@ -110,12 +110,12 @@ def runtimes(bundle: Path) -> dict[str, Runner]:
 
     out: dict[str, Runner] = {
         "pysandbox": lambda cid: [PYSANDBOX, "--root", root("pysandbox"), "run", "-b", b, cid],
-        "pysandbox --sandbox sentry": lambda cid: [
+        "pysandbox --sandbox none": lambda cid: [
             PYSANDBOX,
             "--root",
-            root("pysandbox-sentry"),
+            root("pysandbox-none"),
             "--sandbox",
-            "sentry",
+            "none",
             "run",
             "-b",
             b,

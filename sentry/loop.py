@@ -1,11 +1,27 @@
 """The sentry's event loop: serve every notified syscall of one container.
 
-One thread polls all listener fds (the container's init and every ``exec``
-hand theirs over) plus a wake-up pipe; a readable listener gets exactly one
-RECV, the call is dispatched by syscall number through the routing table and
-answered. There is no busy waiting anywhere: when no task uses a filter any
-more its listener reports POLLHUP (RECV would fail with ENOENT at once, over
-and over), it is dropped, and :meth:`Sentry.run` returns when none is left.
+One thread serves every listener (the container's init and every ``exec``
+hand theirs over); each call is dispatched by syscall number through the
+routing table and answered. There is no busy waiting anywhere:
+
+* With several listeners, the thread polls them plus a wake-up pipe; a
+  readable listener gets exactly one RECV. When no task uses a filter any
+  more its listener reports POLLHUP (RECV would fail with ENOENT at once, over
+  and over), it is dropped, and :meth:`Sentry.run` returns when none is left.
+* With one listener (a container without ``exec``: the common case) the
+  thread blocks in RECV itself, which saves a poll() per call (~0.5 us of
+  ~10). This needs the 6.6+ RECV, which waits on the filter's wait queue and
+  so also returns (ENOENT) when the last task is gone; the same kernels have
+  SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP, which is what decides the mode (older
+  kernels: poll). :meth:`Sentry.add_listener` and :meth:`Sentry.stop` get the
+  thread out of RECV with a signal (:data:`KICK_SIGNAL`, EINTR), repeated
+  until the loop acknowledges: a signal that lands just before the RECV
+  starts is not lost for good.
+
+The hot path (RECV, one :class:`Call`, the handler, SEND, one counter) does no
+work that could be done at start-up: a served syscall costs its Python
+instructions plus the two context switches, with the sentry and the caller on
+one CPU (reference/SECCOMP-NOTIFY-FINDINGS.md).
 
 Handlers
 --------
@@ -40,6 +56,7 @@ from __future__ import annotations
 import errno as _errno
 import os
 import select
+import signal
 import sys
 import threading
 import time
@@ -48,6 +65,7 @@ from collections.abc import Callable, Mapping
 
 from pysandbox.oci import kernel
 
+from . import memory
 from .memory import TraceeMemory
 from .notify import Listener, Notification
 
@@ -57,6 +75,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CONTINUE",
+    "KICK_SIGNAL",
     "Call",
     "Continue",
     "Errno",
@@ -70,7 +89,17 @@ __all__ = [
 _POLLIN: Final = select.POLLIN
 _POLLGONE: Final = select.POLLHUP | select.POLLERR | select.POLLNVAL
 _ENOENT: Final = _errno.ENOENT
+_EINTR: Final = _errno.EINTR
 _ARCH: Final = kernel.AUDIT_ARCH_X86_64
+# Interrupts a loop thread blocked in RECV (single-listener mode). SIGURG: its
+# default action is to ignore it, so a stray one harms nobody; Go's runtime
+# uses it for the same purpose. The handler must exist (an ignored signal
+# interrupts nothing); Python installs it without SA_RESTART.
+KICK_SIGNAL: Final = signal.SIGURG
+_KICK_RETRY: Final = 0.002  # seconds between kicks the loop did not acknowledge
+_read = memory.read
+_read_cstring = memory.read_cstring
+_write = memory.write
 
 # Dispositions counted per syscall.
 VALUE: Final = "value"  # answered with a return value
@@ -125,37 +154,62 @@ class NotificationGone(Exception):
     """The caller left its notification (killed, or interrupted by a signal): no answer."""
 
 
-class Call:
-    """One syscall being served: the notification, the caller's memory, and helpers."""
+class Call(Notification):
+    """One syscall being served: the notification, the caller's memory, and helpers.
 
-    __slots__ = ("detail", "listener", "mem", "notif", "tracing")
+    A Call *is* its :class:`Notification` (``id``, ``pid``, ``nr``, ``arch``,
+    ``ip``, ``args`` are its own attributes; :attr:`notif` is the call
+    itself): one object per served syscall, not three. Memory is reached
+    through the pid directly (:mod:`.memory`), nothing is made for it.
+    """
 
-    def __init__(self, notif: Notification, listener: Listener, tracing: bool) -> None:
-        self.notif = notif
+    __slots__ = ("detail", "listener", "tracing")
+
+    def __init__(
+        self,
+        id: int,
+        pid: int,
+        nr: int,
+        arch: int,
+        ip: int,
+        args: tuple[int, ...],
+        listener: Listener,
+        tracing: bool,
+    ) -> None:
+        self.id = id
+        self.pid = pid
+        self.nr = nr
+        self.arch = arch
+        self.ip = ip
+        self.args = args
         self.listener = listener
-        self.mem = TraceeMemory(notif.pid)
         self.tracing = tracing  # handlers may then set `detail` (decoded arguments)
         self.detail: str | None = None
 
-    @property
-    def nr(self) -> int:
-        return self.notif.nr
+    @classmethod
+    def of(cls, notif: Notification, listener: Listener, tracing: bool = False) -> Call:
+        """A Call for a :class:`Notification` received elsewhere (tests, tools)."""
+        return cls(
+            notif.id, notif.pid, notif.nr, notif.arch, notif.ip, notif.args, listener, tracing
+        )
 
     @property
-    def pid(self) -> int:
-        return self.notif.pid
+    def notif(self) -> Notification:
+        """The notification being served (the call itself)."""
+        return self
 
     @property
-    def args(self) -> tuple[int, ...]:
-        return self.notif.args
+    def mem(self) -> TraceeMemory:
+        """The caller's address space as an object (Call's own methods need none)."""
+        return TraceeMemory(self.pid)
 
     def read(self, addr: int, size: int) -> bytes:
         """Copy ``size`` bytes of the caller's memory (EFAULT as OSError)."""
-        return self.mem.read(addr, size)
+        return _read(self.pid, addr, size)
 
     def read_cstring(self, addr: int, max_len: int = 4096) -> bytes:
         """Copy a NUL-terminated string (EFAULT, ENAMETOOLONG as OSError)."""
-        return self.mem.read_cstring(addr, max_len)
+        return _read_cstring(self.pid, addr, max_len)
 
     def verify(self) -> None:
         """NOTIF_ID_VALID: raise NotificationGone unless the caller still waits for us.
@@ -163,7 +217,7 @@ class Call:
         Call after reading and before acting on what was read: only then is
         it certain that the memory read was the caller's (no pid reuse).
         """
-        if not self.listener.id_valid(self.notif.id):
+        if not self.listener.id_valid(self.id):
             raise NotificationGone()
 
     def write(self, addr: int, data: bytes) -> None:
@@ -177,10 +231,47 @@ class Call:
         proves the memory read belonged to the caller, which is what rule 1
         asks before acting on it. Skipping it here saves ~1.7 us per call.
         """
-        self.mem.write(addr, data)
+        _write(self.pid, addr, data)
 
 
 Handler = Callable[[Call], Result]
+
+
+_now = time.perf_counter_ns
+_ENOSYS_RESULT: Final = Errno(_errno.ENOSYS)
+_EIO_RESULT: Final = Errno(HANDLER_FAILURE_ERRNO)
+_kick_handler_installed = False
+
+
+def _on_kick(signum: int, frame: object) -> None:
+    """KICK_SIGNAL's handler: nothing to do, the EINTR it causes is the point."""
+
+
+def _install_kick_handler() -> bool:
+    """Make sure KICK_SIGNAL interrupts a blocked RECV; False if that cannot be arranged.
+
+    signal.signal works only in the main thread; a handler someone else
+    installed from Python interrupts system calls as well and is kept.
+    """
+    global _kick_handler_installed
+    if _kick_handler_installed:
+        return True
+    if threading.current_thread() is not threading.main_thread():
+        return False
+    current = signal.getsignal(KICK_SIGNAL)
+    if current is None:  # installed outside Python: not ours to replace
+        return False
+    if current in (signal.SIG_DFL, signal.SIG_IGN):
+        signal.signal(KICK_SIGNAL, _on_kick)
+    _kick_handler_installed = True
+    return True
+
+
+def _hung_up(fd: int) -> bool:
+    """Does the listener report POLLHUP (no task uses its filter any more)?"""
+    p = select.poll()
+    p.register(fd, _POLLIN)
+    return any(events & _POLLGONE for _fd, events in p.poll(0))
 
 
 def _default_log(message: str) -> None:
@@ -195,6 +286,10 @@ class Sentry:
     and :meth:`stats`. ``strace``: a text
     file that gets one line per served call (``--strace`` in runsc's sense).
     ``log``: where handler tracebacks and loop errors go (default: stderr).
+
+    Made in the main thread, it installs the :data:`KICK_SIGNAL` handler that
+    the single-listener mode needs (once per process); made elsewhere without
+    it, it always polls.
     """
 
     def __init__(
@@ -219,6 +314,13 @@ class Sentry:
         self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         self._poll = select.poll()
         self._poll.register(self._wake_r, _POLLIN)
+        # Single-listener mode: the loop thread blocked in RECV (its ident while
+        # it may be), the kicks requested so far, and how many it had seen.
+        self._can_block = _install_kick_handler()
+        self._kick_cond = threading.Condition(threading.Lock())
+        self._blocked_in: int | None = None
+        self._kicks = 0
+        self._kicks_seen = 0
 
     # --- listeners ---------------------------------------------------------
     def add_listener(self, listener: Listener | int) -> Listener:
@@ -235,10 +337,34 @@ class Sentry:
         self._wake()
 
     def _wake(self) -> None:
+        """Get the loop to look at _pending and _stopping: wake its poll, or kick its RECV."""
         try:
             os.write(self._wake_w, b"w")
         except BlockingIOError:
             pass  # already pending
+        self._kick()
+
+    def _kick(self) -> None:
+        """Interrupt a RECV of the loop thread until it acknowledges (no-op when polling).
+
+        A signal that arrives after the loop checked for kicks but before it
+        entered RECV interrupts nothing, so it is sent again every
+        _KICK_RETRY until the loop has left RECV mode or seen this kick. The
+        lock keeps the thread alive while it is signalled (it clears
+        _blocked_in under the lock before it returns).
+        """
+        cond = self._kick_cond
+        with cond:
+            self._kicks += 1
+            target = self._kicks
+            me = threading.get_ident()
+            while (
+                self._blocked_in is not None
+                and self._blocked_in != me  # a handler or signal handler of the loop itself
+                and self._kicks_seen < target
+            ):
+                signal.pthread_kill(self._blocked_in, KICK_SIGNAL)
+                cond.wait(_KICK_RETRY)
 
     def _take_pending(self) -> None:
         with self._lock:
@@ -269,12 +395,65 @@ class Sentry:
     # --- the loop ----------------------------------------------------------
     def run(self) -> None:
         """Serve until no listener is left (every filter's tasks are gone) or stop()."""
-        self._take_pending()
+        while True:
+            if self._pending:  # RECV mode returns for them (polling takes them itself)
+                self._take_pending()
+            if not self._listeners or self._stopping:
+                return
+            lst = self._single()
+            if lst is not None:
+                self._serve_blocking(lst)
+            else:
+                self._serve_polling()
+
+    def _single(self) -> Listener | None:
+        """The listener to block in RECV on, if the single-listener mode applies."""
+        if not self._can_block or len(self._listeners) != 1:
+            return None
+        for lst in self._listeners.values():
+            if lst.sync_wakeup:  # 6.6+: RECV also returns when the last task is gone
+                return lst
+        return None
+
+    def _serve_blocking(self, lst: Listener) -> None:
+        """Block in RECV on ``lst`` until kicked (add_listener, stop) or its tasks are gone."""
+        cond = self._kick_cond
+        with cond:
+            self._blocked_in = threading.get_ident()
+            self._kicks_seen = seen = self._kicks
+        try:
+            if self._pending or self._stopping:
+                return  # asked for before we were kickable
+            fd = lst.fd
+            recv = lst.ioctls.recv
+            handle = self._handle
+            while self._kicks == seen:
+                try:
+                    raw = recv(fd)
+                except OSError as e:
+                    if e.errno == _EINTR:
+                        continue  # a kick (seen above) or some other signal
+                    if e.errno == _ENOENT:
+                        if _hung_up(fd):  # no task left: ENOENT at once, forever
+                            self._drop(lst)
+                            return
+                        continue  # the caller left before we took its notification
+                    self.log(f"sentry: RECV on listener {fd} failed: {e}")
+                    continue
+                handle(lst, raw)
+        finally:
+            with cond:
+                self._blocked_in = None
+                cond.notify_all()
+
+    def _serve_polling(self) -> None:
+        """poll() every listener and the wake-up pipe until the set allows blocking."""
         poll = self._poll.poll
         listeners = self._listeners
         wake_r = self._wake_r
         serve = self.serve_one
         while listeners and not self._stopping:
+            changed = False
             for fd, events in poll():
                 if fd == wake_r:
                     try:
@@ -282,6 +461,7 @@ class Sentry:
                     except BlockingIOError:
                         pass
                     self._take_pending()
+                    changed = True
                     continue
                 lst = listeners.get(fd)
                 if lst is None:
@@ -290,29 +470,34 @@ class Sentry:
                     serve(lst)
                 if events & _POLLGONE:
                     self._drop(lst)
+                    changed = True
+            if changed and self._single() is not None:
+                return
 
     def serve_one(self, lst: Listener) -> None:
         """RECV one notification from ``lst`` (which must be readable) and answer it."""
         try:
             raw = lst.recv_raw()
         except OSError as e:
-            if e.errno not in (_ENOENT, _errno.EINTR):
+            if e.errno not in (_ENOENT, _EINTR):
                 self.log(f"sentry: RECV on listener {lst.fd} failed: {e}")
             return  # ENOENT: the caller left already, or the filter has no task left
-        notif = Notification(raw[0], raw[1], raw[3], raw[4], raw[5], raw[6:12])
-        nr = notif.nr
+        self._handle(lst, raw)
+
+    def _handle(self, lst: Listener, raw: tuple[int, ...]) -> None:
+        """Dispatch and answer one received notification (raw: NotifIoctls.recv's tuple)."""
+        nr = raw[3]
         tracing = self.strace is not None
-        started = time.perf_counter_ns() if tracing else 0
-        call = Call(notif, lst, tracing)
-        handler = self.routing.get(nr) if notif.arch == _ARCH else None
+        started = _now() if tracing else 0
+        call = Call(raw[0], raw[1], nr, raw[4], raw[5], raw[6:12], lst, tracing)
+        handler = self.routing.get(nr) if raw[4] == _ARCH else None
         result: Result
         if handler is None:  # unknown number, or a foreign ABI the filter let through
-            result = Errno(_errno.ENOSYS)
+            result = _ENOSYS_RESULT
             disposition = UNROUTED
         else:
             try:
                 result = handler(call)
-                disposition = ""
             except NotificationGone:
                 self._count(GONE, nr)
                 if tracing:
@@ -324,39 +509,65 @@ class Sentry:
             except Exception:
                 self.log(
                     f"sentry: handler for syscall {self._name(nr)} failed"
-                    f" ({notif!r}); answering EIO\n{traceback.format_exc()}"
+                    f" ({call!r}); answering EIO\n{traceback.format_exc()}"
                 )
-                result = Errno(HANDLER_FAILURE_ERRNO)
+                result = _EIO_RESULT
                 disposition = FAILED
+            else:
+                if result.__class__ is int:  # the common case, without the chain below
+                    try:
+                        lst.ioctls.send(lst.fd, raw[0], result, 0)
+                        disposition = VALUE
+                    except OSError as e:
+                        if e.errno != _ENOENT:
+                            self.log(f"sentry: answering {self._name(nr)} ({call!r}) failed: {e}")
+                        disposition = GONE
+                    key = (disposition, nr)
+                    counts = self.counts
+                    counts[key] = counts.get(key, 0) + 1
+                    if tracing:
+                        self._trace(
+                            call, str(result) if disposition is VALUE else "? (gone)", started
+                        )
+                    return
+                disposition = ""
+        self._answer(lst, call, result, disposition, started)
+
+    def _answer(
+        self, lst: Listener, call: Call, result: Result, disposition: str, started: int
+    ) -> None:
+        """Every answer but a plain value from a handler: errno, fd, CONTINUE, a bad result."""
+        nr = call.nr
+        notif_id = call.id
         try:
             if type(result) is int:
-                lst.send_value(notif.id, result)
+                lst.send_value(notif_id, result)
                 disposition = disposition or VALUE
             elif isinstance(result, Errno):
-                lst.send_error(notif.id, result.errno)
+                lst.send_error(notif_id, result.errno)
                 disposition = disposition or ERROR
             elif isinstance(result, InstallFd):
                 try:
-                    newfd = lst.addfd_send(notif.id, result.fd, result.cloexec)
+                    newfd = lst.addfd_send(notif_id, result.fd, result.cloexec)
                 finally:
                     if result.close:
                         os.close(result.fd)
                 disposition = FD
                 result = newfd
             elif isinstance(result, Continue):
-                lst.send_continue(notif.id)
+                lst.send_continue(notif_id)
                 disposition = CONTINUED
             else:
                 self.log(f"sentry: handler for {self._name(nr)} returned {result!r}; answering EIO")
-                result = Errno(HANDLER_FAILURE_ERRNO)
-                lst.send_error(notif.id, HANDLER_FAILURE_ERRNO)
+                result = _EIO_RESULT
+                lst.send_error(notif_id, HANDLER_FAILURE_ERRNO)
                 disposition = FAILED
         except OSError as e:
             if e.errno != _ENOENT:
-                self.log(f"sentry: answering {self._name(nr)} ({notif!r}) failed: {e}")
+                self.log(f"sentry: answering {self._name(nr)} ({call!r}) failed: {e}")
             disposition = GONE
         self._count(disposition, nr)
-        if tracing:
+        if call.tracing:
             self._trace(call, _result_text(result) if disposition != GONE else "? (gone)", started)
 
     # --- observability -----------------------------------------------------

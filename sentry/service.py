@@ -1,21 +1,24 @@
-"""The per-container sentry process (``--sandbox sentry``, opt-in in this slice).
+"""The per-container sentry process (the default; ``--sandbox none`` opts out).
 
 ``create`` calls :func:`start` before it forks the container's init:
 
     create ──fork── sentry: imports the loop and the handlers first, then
-      │              waits on its end of a socketpair for init's listener fd,
-      │              and accepts more listener fds (one per ``exec``) on
-      │              ``<state dir>/sentry.sock``
+      │              reads init's host pid (sent by create, :func:`send_init_pid`)
+      │              and forks the watchdog (sentry/watchdog.py: if the sentry
+      │              dies, the container is killed), then waits for init's
+      │              listener fd, and accepts more listener fds (one per
+      │              ``exec``) and stats requests on ``<state dir>/sentry.sock``
       └─ init: at the very end, just before execve, loads the profile's filter
                with SECCOMP_FILTER_FLAG_NEW_LISTENER and sends the listener
                over the socketpair (oci/spawn.py, ``_join_sentry``)
 
-The sentry outlives create (it is reparented like init), sits in the
-container's cgroup (so cgroup destruction kills it), and its pid and start
-time are in the container's state, so ``delete`` kills it explicitly. It
-exits by itself when its last listener hangs up (every sandboxed process is
-gone), or when init's end of the socketpair closes before a listener came
-(create failed).
+The sentry outlives create (it is reparented like init). It stays *outside*
+the container's cgroup: ``ps``, ``kill --all``, ``docker top`` and the pids
+and memory limits see the workload only, as under runc. Its pid and start
+time are in the container's state and the watchdog's in ``watchdog.pid``, so
+``delete`` kills both explicitly. The sentry exits by itself when its last
+listener hangs up (every sandboxed process is gone), or when init's end of
+the socketpair closes before a listener came (create failed).
 
 Routing (transitional)
 ----------------------
@@ -37,9 +40,11 @@ import _socket  # the C core: the socket module's enums cost ~3 ms at import
 import contextlib
 import os
 
+from pysandbox.oci.records import record
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Iterator, Mapping
     from typing import Final
 
     from .loop import Call, Handler, Result
@@ -48,6 +53,7 @@ __all__ = ["SENTRY_SOCKET", "build_routes", "passthrough", "start"]
 
 SENTRY_SOCKET: Final = "sentry.sock"
 SENTRY_LOG: Final = "sentry.log"
+WATCHDOG_PID: Final = "watchdog.pid"
 _AF_UNIX: Final = 1
 _SOCK_SEQPACKET: Final = 5
 
@@ -70,33 +76,55 @@ def build_routes(routing: Mapping[int, str], served: Mapping[int, Handler]) -> d
     return {nr: served.get(nr, passthrough) for nr in routing}
 
 
+@record
+class SentryOptions:
+    """What create tells the sentry about its container."""
+
+    hostname: str
+    domainname: str
+    machine: str  # uname's: i686 under the LINUX32 personality
+    state_dir: str  # the container's: the watchdog's pid goes there
+    cgroup_dir: str  # the container's cgroup: the watchdog kills what it holds
+    # --strace: one line per served call to the debug log
+    strace: bool = False
+    # --debug-log: the sentry's log (tracebacks, strace lines); "" = the state dir's
+    debug_log: str = ""
+
+
+def debug_log_path(pattern: str, container_id: str, state_dir: str) -> str:
+    """--debug-log as runsc takes it: ``%ID%`` is the container id; a path
+    ending in "/" is a directory that gets one file per container."""
+    if not pattern:
+        return os.path.join(state_dir, SENTRY_LOG)
+    path = pattern.replace("%ID%", container_id)
+    if path.endswith("/"):
+        path = os.path.join(path, f"{container_id}.sentry.log")
+    return path
+
+
 def start(
-    state_dir: str,
-    routing: Mapping[int, str],
-    *,
-    hostname: str,
-    domainname: str,
+    state_dir: str, routing: Mapping[int, str], options: SentryOptions
 ) -> tuple[int, _socket.socket]:
     """Fork the sentry; return (its pid, the end of the socketpair init sends on).
 
     The control socket is bound here, before the fork, so ``exec`` can find
-    it as soon as create returns. The caller passes the returned socket to
-    init and closes its own copy once init has been forked.
+    it as soon as create returns. The caller sends init's pid on the returned
+    socket (:func:`send_init_pid`), passes it to init, and closes its own copy
+    once init has been forked.
     """
     ours, theirs = _socket.socketpair(_AF_UNIX, _SOCK_SEQPACKET)
     control = _socket.socket(_AF_UNIX, _SOCK_SEQPACKET)
+    log_fd = -1
     try:
         path = os.path.join(state_dir, SENTRY_SOCKET)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
-        control.bind(path)
+        with short_path(state_dir, SENTRY_SOCKET) as short:
+            control.bind(short)
         os.chmod(path, 0o600)
         control.listen(16)
-        log_fd = os.open(
-            os.path.join(state_dir, SENTRY_LOG),
-            os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC,
-            0o600,
-        )
+        log_path = options.debug_log or os.path.join(state_dir, SENTRY_LOG)
+        log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
     except BaseException:
         for s in (ours, theirs, control):
             s.close()
@@ -106,7 +134,7 @@ def start(
         code = 1
         try:
             theirs.detach()  # not ours to close: the number may be reused below
-            code = _main(ours, control, log_fd, dict(routing), hostname, domainname)
+            code = _main(ours, control, log_fd, dict(routing), options)
         except BaseException as e:
             with contextlib.suppress(Exception):
                 os.write(2, f"sentry: {type(e).__name__}: {e}\n".encode())
@@ -118,13 +146,98 @@ def start(
     return pid, theirs
 
 
+def write_watchdog(state_dir: str, pid: int) -> None:
+    """Record the watchdog (pid and start time) for delete, which kills it."""
+    from pysandbox.oci.state import process_start_time, write_file_atomic
+
+    write_file_atomic(os.path.join(state_dir, WATCHDOG_PID), f"{pid} {process_start_time(pid)}")
+
+
+def read_watchdog(state_dir: str) -> tuple[int, int] | None:
+    """(pid, start time) of the container's watchdog, if one was started."""
+    try:
+        with open(os.path.join(state_dir, WATCHDOG_PID)) as f:
+            pid, start = f.read().split()
+        return int(pid), int(start)
+    except (OSError, ValueError):
+        return None
+
+
+@contextlib.contextmanager
+def short_path(directory: str, name: str) -> Iterator[str]:
+    """A path to ``directory/name`` that fits sockaddr_un's 108 bytes.
+
+    State directories of engines are long (containerd's root plus a 64-hex
+    id), so the socket is named through /proc/self/fd/N of an O_PATH fd of
+    the directory, which the kernel resolves to the same place.
+    """
+    fd = os.open(directory, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        yield f"/proc/self/fd/{fd}/{name}"
+    finally:
+        os.close(fd)
+
+
+def connect_control(sock: _socket.socket, state_dir: str) -> None:
+    """Connect to a container's sentry.sock (exec's listener, stats)."""
+    with short_path(state_dir, SENTRY_SOCKET) as path:
+        sock.connect(path)
+
+
+def send_init_pid(sock: _socket.socket, pid: int) -> None:
+    """Tell the sentry the container's init (host pid): its task table and
+    watchdog start from it."""
+    sock.send(b"P" + str(pid).encode())
+
+
+def request_stats(state_dir: str, timeout: float = 2.0) -> dict[str, dict[str, int]] | None:
+    """The sentry's counters ({disposition: {syscall: count}}), or None without a sentry."""
+    from pysandbox.oci import jsonio
+
+    s = _socket.socket(_AF_UNIX, _SOCK_SEQPACKET)
+    try:
+        s.settimeout(timeout)
+        connect_control(s, state_dir)
+        s.send(b"S")
+        data = s.recv(1 << 20)
+    except OSError:
+        return None
+    finally:
+        s.close()
+    doc = jsonio.loads(data.decode())
+    return doc if isinstance(doc, dict) else None
+
+
+def named_counts(counts: Mapping[tuple[str, int], int]) -> dict[str, dict[str, int]]:
+    """{disposition: {syscall name: count}} from the loop's (disposition, nr) counters.
+
+    Called from the control thread while the loop thread counts: the copy is
+    retried if the dict grew under it. Names come from the table here rather
+    than in the loop, so a sentry that is never asked never loads it.
+    """
+    from pysandbox.syscalls.table import by_nr
+
+    for _ in range(5):
+        try:
+            snapshot = dict(counts)
+            break
+        except RuntimeError:
+            continue
+    else:
+        return {}
+    out: dict[str, dict[str, int]] = {}
+    for (disposition, nr), n in sorted(snapshot.items()):
+        entry = by_nr(nr)
+        out.setdefault(disposition, {})[entry.name if entry else f"syscall_{nr}"] = n
+    return out
+
+
 def _main(
     init_sock_c: _socket.socket,
     control_c: _socket.socket,
     log_fd: int,
     routing: dict[int, str],
-    hostname: str,
-    domainname: str,
+    options: SentryOptions,
 ) -> int:
     import gc
 
@@ -136,15 +249,20 @@ def _main(
     import socket
     import threading
 
+    from pysandbox.oci import jsonio
     from pysandbox.syscalls.info import InfoConfig
     from pysandbox.syscalls.routes import served_routes
 
     from .loop import Sentry
-    from .notify import recv_listener
+    from .tasks import TaskTable
+    from .watchdog import start_watchdog
 
     init_sock = socket.socket(_AF_UNIX, _SOCK_SEQPACKET, 0, init_sock_c.detach())
     control = socket.socket(_AF_UNIX, _SOCK_SEQPACKET, 0, control_c.detach())
     os.setsid()  # out of the caller's process group and terminal
+    from pysandbox.oci.kernel import set_name
+
+    set_name("sentry")  # what ps and top on the host show
     # Signals a `kill --all` (or a terminal) may send to the container's
     # cgroup are meant for the workload; the sentry must survive them (SIGKILL
     # still ends it, as delete needs).
@@ -163,6 +281,10 @@ def _main(
         signal.SIGTTOU,
     ):
         signal.signal(sig, signal.SIG_IGN)
+    # The OOM killer should pick the workload, never its kernel (were the
+    # sentry killed, the watchdog would take the whole container down).
+    with contextlib.suppress(OSError), open("/proc/self/oom_score_adj", "w") as f:
+        f.write("-999")
     null = os.open("/dev/null", os.O_RDWR)
     os.dup2(null, 0)
     os.dup2(null, 1)
@@ -180,15 +302,59 @@ def _main(
         with contextlib.suppress(OSError):
             os.write(2, (message if message.endswith("\n") else message + "\n").encode())
 
-    info = InfoConfig(hostname=hostname, domainname=domainname)
-    sentry = Sentry(build_routes(routing, served_routes(info)), log=log)
+    strace = None
+    names: dict[int, str] = {}
+    argc: dict[int, int] = {}
+    if options.strace:
+        strace = os.fdopen(os.dup(2), "w", buffering=1)
+        from pysandbox.syscalls.table import all_syscalls
 
-    try:
-        first = recv_listener(init_sock)
-    except OSError:
-        return 0  # init died before it got this far (create failed): nothing to serve
+        for entry in all_syscalls():
+            names[entry.nr] = entry.name
+            argc[entry.nr] = len(entry.args)
+    info = InfoConfig(
+        hostname=options.hostname, domainname=options.domainname, machine=options.machine
+    )
+    tasks = TaskTable()
+    tasks.exclude(os.getpid())
+    sentry = Sentry(
+        build_routes(routing, served_routes(info, tasks)),
+        names=names,
+        argc=argc,
+        strace=strace,
+        log=log,
+    )
+
+    # Init sends its pid (from create) and, just before execve, its listener.
+    first = None
+    while first is None:
+        try:
+            msg, fds, _flags, _addr = socket.recv_fds(init_sock, 64, 1)
+        except OSError:
+            return 0
+        if not msg and not fds:
+            return 0  # init died before it got this far (create failed): nothing to serve
+        if msg.startswith(b"P"):
+            init_pid = int(msg[1:])
+            tasks.set_init(init_pid)
+            watchdog = start_watchdog(init_pid, options.cgroup_dir)
+            tasks.exclude(watchdog)
+            write_watchdog(options.state_dir, watchdog)
+        elif fds:
+            first = fds[0]
+            for extra in fds[1:]:
+                os.close(extra)
     init_sock.close()
     sentry.add_listener(first)
+
+    def serve_control(conn: socket.socket) -> None:
+        msg, fds, _flags, _addr = socket.recv_fds(conn, 64, 1)
+        if fds:  # an exec's listener
+            sentry.add_listener(fds[0])
+            for extra in fds[1:]:
+                os.close(extra)
+        elif msg == b"S":
+            conn.send(jsonio.dumps(named_counts(sentry.counts)).encode())
 
     def accept_loop() -> None:
         while True:
@@ -199,9 +365,9 @@ def _main(
                 return
             with conn:
                 try:
-                    sentry.add_listener(recv_listener(conn))
+                    serve_control(conn)
                 except OSError as e:
-                    log(f"sentry: no listener from an exec: {e}")
+                    log(f"sentry: control request failed: {e}")
 
     threading.Thread(target=accept_loop, daemon=True, name="sentry-accept").start()
     sentry.run()

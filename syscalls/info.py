@@ -82,6 +82,7 @@ class InfoConfig:
 
     hostname: str = "localhost"
     domainname: str = "(none)"  # what Linux reports when none was set
+    machine: str = MACHINE  # "i686" under the LINUX32 personality (`setarch i686`)
     memory_limit: int | None = None  # bytes (cgroup memory.max), None: unlimited
     swap_limit: int | None = None  # bytes of swap (memory.swap.max), None: unlimited
     memory_usage: Callable[[], int] | None = None  # live memory.current
@@ -96,11 +97,12 @@ def _field(value: bytes) -> bytes:
 class UtsState:
     """The container's UTS namespace: hostname and domainname, and uname's answer."""
 
-    __slots__ = ("domainname", "hostname", "utsname")
+    __slots__ = ("domainname", "hostname", "machine", "utsname")
 
-    def __init__(self, hostname: str, domainname: str) -> None:
+    def __init__(self, hostname: str, domainname: str, machine: str = MACHINE) -> None:
         self.hostname = hostname.encode()
         self.domainname = domainname.encode()
+        self.machine = machine.encode()
         self.utsname = b""
         self._render()
 
@@ -113,7 +115,7 @@ class UtsState:
                 self.hostname,
                 RELEASE.encode(),
                 VERSION.encode(),
-                MACHINE.encode(),
+                self.machine,
                 self.domainname,
             )
         )
@@ -164,7 +166,7 @@ class InfoHandlers:
 
     def __init__(self, config: InfoConfig | None = None) -> None:
         self.config = config or InfoConfig()
-        self.uts = UtsState(self.config.hostname, self.config.domainname)
+        self.uts = UtsState(self.config.hostname, self.config.domainname, self.config.machine)
 
     def routes(self) -> dict[int, Handler]:
         return {
@@ -180,7 +182,8 @@ class InfoHandlers:
 
     # --- uname -------------------------------------------------------------
     def uname(self, call: Call) -> Result:
-        call.write(call.notif.args[0], self.uts.utsname)
+        # The answer is rendered once per hostname change (UtsState), not per call.
+        call.write(call.args[0], self.uts.utsname)
         return 0
 
     # --- sethostname / setdomainname ---------------------------------------

@@ -9,14 +9,25 @@ transitional pass-through (sentry/service.py).
 from __future__ import annotations
 
 from pysandbox.sentry.loop import Handler
+from pysandbox.sentry.tasks import TaskTable
 
+from . import ioctl, process, signal
 from .info import InfoConfig, InfoHandlers
 
 __all__ = ["served_routes"]
 
 
-def served_routes(info: InfoConfig) -> dict[int, Handler]:
-    """{syscall number: handler} for everything pysandbox serves today."""
+def served_routes(info: InfoConfig, tasks: TaskTable | None = None) -> dict[int, Handler]:
+    """{syscall number: handler} for everything pysandbox serves today.
+
+    ``tasks``: the container's task table (the sentry calls ``set_init`` and
+    ``exclude`` on it); without one, a table that judges from each caller.
+    """
+    if tasks is None:
+        tasks = TaskTable()
     routes: dict[int, Handler] = {}
     routes.update(InfoHandlers(info).routes())
+    routes.update(process.routes(tasks))
+    routes.update(signal.routes(tasks))
+    routes.update(ioctl.routes())
     return routes

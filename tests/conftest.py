@@ -158,9 +158,12 @@ def _our_processes(tmp: Path) -> list[int]:
             continue
         try:
             root = os.readlink(f"/proc/{pid}/root")
+            # a sentry or its watchdog: outside the container, forked from
+            # a pysandbox whose command line names the test's state root
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
         except OSError:
             continue
-        if root.startswith(str(tmp)):
+        if root.startswith(str(tmp)) or str(tmp).encode() in cmdline:
             pids.append(pid)
     return pids
 
