@@ -54,6 +54,7 @@ __all__ = ["SENTRY_SOCKET", "build_routes", "passthrough", "start"]
 SENTRY_SOCKET: Final = "sentry.sock"
 SENTRY_LOG: Final = "sentry.log"
 WATCHDOG_PID: Final = "watchdog.pid"
+NODE_DIR: Final = "/sys/devices/system/node"  # getcpu's NUMA node
 _AF_UNIX: Final = 1
 _SOCK_SEQPACKET: Final = 5
 
@@ -253,6 +254,7 @@ def _main(
     from pysandbox.syscalls.info import InfoConfig
     from pysandbox.syscalls.routes import served_routes
 
+    from .confine import Confinement
     from .loop import Sentry
     from .tasks import TaskTable
     from .watchdog import start_watchdog
@@ -325,6 +327,16 @@ def _main(
         log=log,
     )
 
+    # Rule 3: the sentry confines itself before it serves anything (see
+    # sentry/confine.py). Prepared here, applied once the watchdog is forked
+    # and the table loaded: the confined sentry can neither fork nor open
+    # files outside the paths below.
+    from pysandbox.oci.state import cache_dir
+
+    confinement = Confinement(
+        read_paths=[p for p in ("/proc", options.cgroup_dir, NODE_DIR) if os.path.isdir(p)],
+        cache_dir=cache_dir(os.path.dirname(options.state_dir)),
+    )
     # Init sends its pid (from create) and, just before execve, its listener.
     first = None
     while first is None:
@@ -346,6 +358,10 @@ def _main(
                 os.close(extra)
     init_sock.close()
     sentry.add_listener(first)
+    from pysandbox.syscalls.table import all_syscalls
+
+    all_syscalls()  # named_counts needs the table: no files can be read once confined
+    confinement.apply(log_fd=2)
 
     def serve_control(conn: socket.socket) -> None:
         msg, fds, _flags, _addr = socket.recv_fds(conn, 64, 1)
