@@ -17,9 +17,10 @@ Pitfalls handled here, once:
 
 from __future__ import annotations
 
+import _socket  # the C core: the socket module's enums cost ~3 ms at import
+import array
 import errno as _errno
 import os
-import socket
 
 from pysandbox.oci import kernel
 
@@ -144,14 +145,25 @@ class Listener:
         return self._id_valid(self.fd, id)
 
 
-def send_listener(sock: socket.socket, fd: int) -> None:
+def send_listener(sock: _socket.socket, fd: int) -> None:
     """Hand a listener fd over a unix socket (SCM_RIGHTS). sendmsg must not be notified."""
-    socket.send_fds(sock, [b"L"], [fd])
+    sock.sendmsg([b"L"], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, array.array("i", [fd]))])
 
 
-def recv_listener(sock: socket.socket) -> int:
+def recv_fds(sock: _socket.socket, bufsize: int, maxfds: int) -> tuple[bytes, list[int]]:
+    """One message and the fds passed with it (SCM_RIGHTS); socket.recv_fds
+    without the socket module, which the sentry does not import."""
+    fds = array.array("i")
+    msg, ancdata, _flags, _addr = sock.recvmsg(bufsize, _socket.CMSG_LEN(maxfds * fds.itemsize))
+    for level, kind, data in ancdata:
+        if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
+            fds.frombytes(data[: len(data) - (len(data) % fds.itemsize)])
+    return msg, list(fds)
+
+
+def recv_listener(sock: _socket.socket) -> int:
     """Receive a listener fd sent with :func:`send_listener`."""
-    _msg, fds, _flags, _addr = socket.recv_fds(sock, 1, 1)
+    _msg, fds = recv_fds(sock, 1, 1)
     if len(fds) != 1:
         for fd in fds:
             os.close(fd)

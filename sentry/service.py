@@ -247,7 +247,6 @@ def _main(
     gc.disable()
     # Imports first, before any listener arrives: the hot path pays for none.
     import signal
-    import socket
     import threading
 
     from pysandbox.oci import jsonio
@@ -256,11 +255,12 @@ def _main(
 
     from .confine import Confinement
     from .loop import Sentry
+    from .notify import recv_fds
     from .tasks import TaskTable
     from .watchdog import start_watchdog
 
-    init_sock = socket.socket(_AF_UNIX, _SOCK_SEQPACKET, 0, init_sock_c.detach())
-    control = socket.socket(_AF_UNIX, _SOCK_SEQPACKET, 0, control_c.detach())
+    init_sock = init_sock_c
+    control = control_c
     os.setsid()  # out of the caller's process group and terminal
     from pysandbox.oci.kernel import set_name
 
@@ -341,7 +341,7 @@ def _main(
     first = None
     while first is None:
         try:
-            msg, fds, _flags, _addr = socket.recv_fds(init_sock, 64, 1)
+            msg, fds = recv_fds(init_sock, 64, 1)
         except OSError:
             return 0
         if not msg and not fds:
@@ -363,8 +363,8 @@ def _main(
     all_syscalls()  # named_counts needs the table: no files can be read once confined
     confinement.apply(log_fd=2)
 
-    def serve_control(conn: socket.socket) -> None:
-        msg, fds, _flags, _addr = socket.recv_fds(conn, 64, 1)
+    def serve_control(conn: _socket.socket) -> None:
+        msg, fds = recv_fds(conn, 64, 1)
         if fds:  # an exec's listener
             sentry.add_listener(fds[0])
             for extra in fds[1:]:
@@ -375,15 +375,17 @@ def _main(
     def accept_loop() -> None:
         while True:
             try:
-                conn, _ = control.accept()
+                conn_fd, _ = control._accept()  # type: ignore[attr-defined]  # C core: a bare fd
             except OSError as e:
                 log(f"sentry: accept on {SENTRY_SOCKET} failed: {e}")
                 return
-            with conn:
-                try:
-                    serve_control(conn)
-                except OSError as e:
-                    log(f"sentry: control request failed: {e}")
+            conn = _socket.socket(_AF_UNIX, _SOCK_SEQPACKET, 0, conn_fd)
+            try:
+                serve_control(conn)
+            except OSError as e:
+                log(f"sentry: control request failed: {e}")
+            finally:
+                conn.close()
 
     threading.Thread(target=accept_loop, daemon=True, name="sentry-accept").start()
     sentry.run()
