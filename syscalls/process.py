@@ -29,6 +29,7 @@ import threading
 from pysandbox.oci import kernel
 from pysandbox.sentry.loop import CONTINUE, Call, Errno, Handler, Result
 from pysandbox.sentry.tasks import TaskTable
+from pysandbox.syscalls.args import s32 as _s32
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -138,11 +139,6 @@ PRCTL_EPERM: Final = {
 _EINVAL: Final = Errno(errno.EINVAL)
 _EPERM: Final = Errno(errno.EPERM)
 _ESRCH: Final = Errno(errno.ESRCH)
-
-
-def _s32(value: int) -> int:
-    value &= _U32
-    return value - (1 << 32) if value & 0x80000000 else value
 
 
 def _to_py(value: int) -> int:

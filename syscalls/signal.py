@@ -32,6 +32,7 @@ import struct
 from pysandbox.oci import kernel
 from pysandbox.sentry.loop import CONTINUE, Call, Errno, Handler, Result
 from pysandbox.sentry.tasks import TaskStatus, TaskTable
+from pysandbox.syscalls.args import s32 as _s32
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -52,11 +53,6 @@ _EINVAL: Final = Errno(errno.EINVAL)
 _EPERM: Final = Errno(errno.EPERM)
 _ESRCH: Final = Errno(errno.ESRCH)
 _EBADF: Final = Errno(errno.EBADF)
-
-
-def _s32(value: int) -> int:
-    value &= _U32
-    return value - (1 << 32) if value & 0x80000000 else value
 
 
 class SignalHandlers:
