@@ -364,9 +364,7 @@ class Runtime:
             state_dir=state_dir,
             cgroup_dir=cgroup.main_dir(),
             strace=self.strace,
-            debug_log=service.debug_log_path(self.debug_log, rec.id, state_dir)
-            if self.debug_log
-            else "",
+            debug_log=service.debug_log_path(self.debug_log, rec.id, state_dir),
         )
         pid, sock = service.start(state_dir, policy.routing, options)
         rec.sentry_pid = pid
@@ -647,20 +645,14 @@ def compile_policy(profile: str, root: str) -> CompiledPolicy:
     under a key made of the identity (path, size, mtime) of every file it can
     depend on, as Python does for its bytecode, and then costs ~0.3 ms.
     """
-    from pysandbox.oci.seccomp import read_cached_bpf, write_cached_bpf
+    from pysandbox.oci.seccomp import read_cached_bpf, read_trusted, write_cached_bpf
     from pysandbox.policies.compiler import CompiledPolicy, PolicyError, compile_cached
 
     cache = cache_dir(root)
     key = _policy_key(profile)
     index_path = os.path.join(cache, f"policy-index-{key}.json")
     bpf_path = os.path.join(cache, f"policy-index-{key}.bpf")
-    try:
-        with open(index_path, "rb") as f:
-            st = os.fstat(f.fileno())
-            trusted = st.st_uid == os.geteuid() and not st.st_mode & 0o022
-            index: bytes | None = f.read() if trusted else None
-    except OSError:
-        index = None
+    index = read_trusted(index_path)
     bpf = read_cached_bpf(bpf_path) if index is not None else None
     if index is not None and bpf is not None:
         with contextlib.suppress(ValueError, KeyError, TypeError):

@@ -495,18 +495,23 @@ def compile_cached(seccomp: Mapping[str, Any], cache_dir: str | None) -> Compile
     return _compiled(plan, prog)
 
 
-def read_cached_bpf(path: str) -> bytes | None:
-    """A cached BPF program, or None when absent or not a plausible program."""
+def read_trusted(path: str) -> bytes | None:
+    """A cache file's contents, or None when absent or not trustworthy:
+    someone else's file, or one others could have written (a planted filter
+    or routing table would be loaded into every container)."""
     try:
         with open(path, "rb") as f:
             st = os.fstat(f.fileno())
-            # Someone else's file, or one others could have written: a
-            # planted filter would be loaded into every container.
             if st.st_uid != os.geteuid() or st.st_mode & 0o022:
                 return None
-            prog = f.read()
+            return f.read()
     except OSError:
         return None
+
+
+def read_cached_bpf(path: str) -> bytes | None:
+    """A cached BPF program, or None when absent or not a plausible program."""
+    prog = read_trusted(path)
     if prog and len(prog) % 8 == 0 and len(prog) // 8 <= _BPF_MAXINSNS:
         return prog
     return None

@@ -579,9 +579,13 @@ class Sentry:
         return self.names.get(nr) or f"syscall_{nr}"
 
     def stats(self) -> dict[str, dict[str, int]]:
-        """{disposition: {syscall name: count}} of everything served so far."""
+        """{disposition: {syscall name: count}} of everything served so far.
+
+        Safe from another thread: copying a dict is one C call under the GIL,
+        so the loop thread cannot add a key in the middle of it.
+        """
         out: dict[str, dict[str, int]] = {}
-        for (disposition, nr), n in sorted(self.counts.items()):
+        for (disposition, nr), n in sorted(self.counts.copy().items()):
             out.setdefault(disposition, {})[self._name(nr)] = n
         return out
 

@@ -86,10 +86,10 @@ class SentryOptions:
     machine: str  # uname's: i686 under the LINUX32 personality
     state_dir: str  # the container's: the watchdog's pid goes there
     cgroup_dir: str  # the container's cgroup: the watchdog kills what it holds
+    # the sentry's log (tracebacks, strace lines): see debug_log_path
+    debug_log: str
     # --strace: one line per served call to the debug log
     strace: bool = False
-    # --debug-log: the sentry's log (tracebacks, strace lines); "" = the state dir's
-    debug_log: str = ""
 
 
 def debug_log_path(pattern: str, container_id: str, state_dir: str) -> str:
@@ -124,8 +124,9 @@ def start(
             control.bind(short)
         os.chmod(path, 0o600)
         control.listen(16)
-        log_path = options.debug_log or os.path.join(state_dir, SENTRY_LOG)
-        log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        log_fd = os.open(
+            options.debug_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600
+        )
     except BaseException:
         for s in (ours, theirs, control):
             s.close()
@@ -209,30 +210,6 @@ def request_stats(state_dir: str, timeout: float = 2.0) -> dict[str, dict[str, i
     return doc if isinstance(doc, dict) else None
 
 
-def named_counts(counts: Mapping[tuple[str, int], int]) -> dict[str, dict[str, int]]:
-    """{disposition: {syscall name: count}} from the loop's (disposition, nr) counters.
-
-    Called from the control thread while the loop thread counts: the copy is
-    retried if the dict grew under it. Names come from the table here rather
-    than in the loop, so a sentry that is never asked never loads it.
-    """
-    from pysandbox.syscalls.table import by_nr
-
-    for _ in range(5):
-        try:
-            snapshot = dict(counts)
-            break
-        except RuntimeError:
-            continue
-    else:
-        return {}
-    out: dict[str, dict[str, int]] = {}
-    for (disposition, nr), n in sorted(snapshot.items()):
-        entry = by_nr(nr)
-        out.setdefault(disposition, {})[entry.name if entry else f"syscall_{nr}"] = n
-    return out
-
-
 def _main(
     init_sock_c: _socket.socket,
     control_c: _socket.socket,
@@ -304,16 +281,16 @@ def _main(
         with contextlib.suppress(OSError):
             os.write(2, (message if message.endswith("\n") else message + "\n").encode())
 
+    # Names for the stats and the strace lines, loaded now: once confined the
+    # sentry can read no file, and after the listener arrives init waits.
+    from pysandbox.syscalls.table import all_syscalls
+
+    names = {entry.nr: entry.name for entry in all_syscalls()}
     strace = None
-    names: dict[int, str] = {}
     argc: dict[int, int] = {}
     if options.strace:
         strace = os.fdopen(os.dup(2), "w", buffering=1)
-        from pysandbox.syscalls.table import all_syscalls
-
-        for entry in all_syscalls():
-            names[entry.nr] = entry.name
-            argc[entry.nr] = len(entry.args)
+        argc = {entry.nr: len(entry.args) for entry in all_syscalls()}
     info = InfoConfig(
         hostname=options.hostname, domainname=options.domainname, machine=options.machine
     )
@@ -358,9 +335,6 @@ def _main(
                 os.close(extra)
     init_sock.close()
     sentry.add_listener(first)
-    from pysandbox.syscalls.table import all_syscalls
-
-    all_syscalls()  # named_counts needs the table: no files can be read once confined
     confinement.apply(log_fd=2)
 
     def serve_control(conn: _socket.socket) -> None:
@@ -370,7 +344,7 @@ def _main(
             for extra in fds[1:]:
                 os.close(extra)
         elif msg == b"S":
-            conn.send(jsonio.dumps(named_counts(sentry.counts)).encode())
+            conn.send(jsonio.dumps(sentry.stats()).encode())
 
     def accept_loop() -> None:
         while True:

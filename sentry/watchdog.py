@@ -54,7 +54,7 @@ def start_watchdog(init_pid: int, cgroup_dir: str) -> int:
         code = 0
         try:
             kernel.set_name("sentry-watchdog")
-            _watch(sentry_fd, init_fd, os.path.join(cgroup_dir, "cgroup.procs"))
+            _watch(sentry_fd, init_fd, cgroup_dir)
         except BaseException:
             code = 1
         finally:
@@ -64,7 +64,7 @@ def start_watchdog(init_pid: int, cgroup_dir: str) -> int:
     return pid
 
 
-def _watch(sentry_fd: int, init_fd: int, procs: str) -> None:
+def _watch(sentry_fd: int, init_fd: int, cgroup_dir: str) -> None:
     poll = select.poll()
     poll.register(sentry_fd, select.POLLIN)
     while not poll.poll():
@@ -74,18 +74,15 @@ def _watch(sentry_fd: int, init_fd: int, procs: str) -> None:
     # (a container sharing the host's pid namespace).
     with contextlib.suppress(OSError):
         kernel.pidfd_send_signal(init_fd, kernel.SIGKILL)
-    _kill_cgroup(procs)
+    _kill_cgroup(cgroup_dir)
 
 
-def _kill_cgroup(procs: str) -> None:
+def _kill_cgroup(cgroup_dir: str) -> None:
+    from pysandbox.oci.cgroups import read_procs  # create imported it: free in this fork
+
     me = os.getpid()
     for _ in range(100):  # a fork bomb racing us: bounded, delete finishes the job
-        try:
-            with open(procs) as f:
-                pids = [int(line) for line in f if line.strip()]
-        except OSError:
-            return
-        others = [p for p in pids if p != me]
+        others = [p for p in read_procs(cgroup_dir) if p != me]
         if not others:
             return
         for p in others:

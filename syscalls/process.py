@@ -58,20 +58,6 @@ PTRACE_SETOPTIONS: Final = 0x4200
 PTRACE_SEIZE: Final = 0x4206
 PTRACE_O_SUSPEND_SECCOMP: Final = 1 << 21
 
-SECCOMP_SET_MODE_STRICT: Final = 0
-SECCOMP_SET_MODE_FILTER: Final = 1
-SECCOMP_GET_ACTION_AVAIL: Final = 2
-SECCOMP_GET_NOTIF_SIZES: Final = 3
-SECCOMP_FILTER_FLAG_TSYNC: Final = 1 << 0
-SECCOMP_FILTER_FLAG_NEW_LISTENER: Final = 1 << 3
-SECCOMP_FILTER_FLAG_TSYNC_ESRCH: Final = 1 << 4
-SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV: Final = 1 << 5
-# TSYNC, LOG, SPEC_ALLOW, NEW_LISTENER, TSYNC_ESRCH, WAIT_KILLABLE_RECV
-SECCOMP_FILTER_FLAG_MASK: Final = 0x3F
-
-PR_SET_SECCOMP: Final = 22
-SECCOMP_MODE_STRICT: Final = 1
-SECCOMP_MODE_FILTER: Final = 2
 
 # prctl options that reach the sentry (not in SAFE_PRCTLS) and are handed to the
 # kernel: they change only the caller's own state, take integers (or a pointer
@@ -425,16 +411,20 @@ class ProcessHandlers:
 
     def prctl(self, call: Call) -> Result:
         """prctl(option, ...): only options outside SAFE_PRCTLS reach the sentry.
-        PR_SET_SECCOMP with mode strict or filter is handed to the kernel (prctl
+        kernel.PR_SET_SECCOMP with mode strict or filter is handed to the kernel (prctl
         cannot ask for a listener; filters stack and the most restrictive action
         wins, see :meth:`seccomp`), another mode is EINVAL as in Linux. The
         options of :data:`PRCTL_CONTINUE` only touch the caller and are handed to
         the kernel; :data:`PRCTL_EPERM` are refused; anything else is EINVAL, the
         kernel's answer for an option it does not have (see the notes there)."""
         option = call.args[0] & _U32
-        if option == PR_SET_SECCOMP:
+        if option == kernel.PR_SET_SECCOMP:
             mode = call.args[1] & _U64
-            return CONTINUE if mode in (SECCOMP_MODE_STRICT, SECCOMP_MODE_FILTER) else _EINVAL
+            return (
+                CONTINUE
+                if mode in (kernel.SECCOMP_MODE_STRICT, kernel.SECCOMP_MODE_FILTER)
+                else _EINVAL
+            )
         if option in PRCTL_CONTINUE:
             return CONTINUE
         if option in PRCTL_EPERM:
@@ -456,22 +446,22 @@ class ProcessHandlers:
         fails the call with ENOSYS), and since Linux 4.8 a syscall a tracer
         changes at a RET_TRACE stop is run through the filters again."""
         op, flags = call.args[0] & _U32, call.args[1] & _U32
-        if op == SECCOMP_SET_MODE_STRICT:
+        if op == kernel.SECCOMP_SET_MODE_STRICT:
             return CONTINUE if flags == 0 else _EINVAL
-        if op == SECCOMP_SET_MODE_FILTER:
-            if flags & ~SECCOMP_FILTER_FLAG_MASK:
+        if op == kernel.SECCOMP_SET_MODE_FILTER:
+            if flags & ~kernel.SECCOMP_FILTER_FLAG_MASK:
                 return _EINVAL
-            listener = flags & SECCOMP_FILTER_FLAG_NEW_LISTENER
+            listener = flags & kernel.SECCOMP_FILTER_FLAG_NEW_LISTENER
             if (
-                flags & SECCOMP_FILTER_FLAG_TSYNC
+                flags & kernel.SECCOMP_FILTER_FLAG_TSYNC
                 and listener
-                and not flags & SECCOMP_FILTER_FLAG_TSYNC_ESRCH
+                and not flags & kernel.SECCOMP_FILTER_FLAG_TSYNC_ESRCH
             ):
                 return _EINVAL
-            if flags & SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV and not listener:
+            if flags & kernel.SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV and not listener:
                 return _EINVAL
             return Errno(errno.EBUSY) if listener else CONTINUE
-        if op in (SECCOMP_GET_ACTION_AVAIL, SECCOMP_GET_NOTIF_SIZES):
+        if op in (kernel.SECCOMP_GET_ACTION_AVAIL, kernel.SECCOMP_GET_NOTIF_SIZES):
             return CONTINUE
         return _EINVAL
 
