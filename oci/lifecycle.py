@@ -686,8 +686,6 @@ def _policy_key(profile: str) -> str:
     """sha256 over the identity of every file a compiled profile depends on: the
     bundled profiles and constants, the syscall table, and for a profile given
     by path, every TOML file next to it (what it may extend)."""
-    import hashlib
-
     # Paths, not imports (this runs on every sandboxed create and exec).
     pkg = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     here = os.path.join(pkg, "policies")
@@ -706,7 +704,7 @@ def _policy_key(profile: str) -> str:
             parts.append(f"{path}:{st.st_size}:{st.st_mtime_ns}:{st.st_ino}")
         except OSError:
             parts.append(f"{path}:-")
-    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+    return jsonio.sha256_hex("\n".join(parts).encode())
 
 
 def uts_names(ns_path: str) -> tuple[str, str]:

@@ -2,11 +2,11 @@
 
 ``create`` calls :func:`start` before it forks the container's init:
 
-    create ──fork── sentry: imports the loop and the handlers first, then
-      │              reads init's host pid (sent by create, :func:`send_init_pid`)
-      │              and forks the watchdog (sentry/watchdog.py: if the sentry
-      │              dies, the container is killed), then waits for init's
-      │              listener fd, and accepts more listener fds (one per
+    create ──fork── sentry: imports the loop and the handlers first, forks the
+      │              watchdog (sentry/watchdog.py: if the sentry dies, the
+      │              container is killed), confines itself, reads init's host
+      │              pid (sent by create, :func:`send_init_pid`), then waits for
+      │              init's listener fd, and accepts more listener fds (one per
       │              ``exec``) and stats requests on ``<state dir>/sentry.sock``
       └─ init: at the very end, just before execve, loads the profile's filter
                with SECCOMP_FILTER_FLAG_NEW_LISTENER and sends the listener
@@ -304,16 +304,21 @@ def _main(
         log=log,
     )
 
+    # Fail closed (rule 2): the watchdog kills the container's cgroup if the
+    # sentry dies. Forked now, before init exists: it needs only the cgroup.
+    watchdog = start_watchdog(options.cgroup_dir)
+    tasks.exclude(watchdog)
+    write_watchdog(options.state_dir, watchdog)
     # Rule 3: the sentry confines itself before it serves anything (see
-    # sentry/confine.py). Prepared here, applied once the watchdog is forked
-    # and the table loaded: the confined sentry can neither fork nor open
-    # files outside the paths below.
+    # sentry/confine.py), and before init's listener arrives, so that init's
+    # execve does not wait for it. From here on it can neither fork nor open
+    # files outside the read-only paths below.
     from pysandbox.oci.state import cache_dir
 
-    confinement = Confinement(
-        read_paths=[p for p in ("/proc", options.cgroup_dir, NODE_DIR) if os.path.isdir(p)],
+    Confinement(
+        read_paths=[p for p in ("/proc", NODE_DIR) if os.path.isdir(p)],
         cache_dir=cache_dir(os.path.dirname(options.state_dir)),
-    )
+    ).apply(log_fd=2)
     # Init sends its pid (from create) and, just before execve, its listener.
     first = None
     while first is None:
@@ -324,18 +329,13 @@ def _main(
         if not msg and not fds:
             return 0  # init died before it got this far (create failed): nothing to serve
         if msg.startswith(b"P"):
-            init_pid = int(msg[1:])
-            tasks.set_init(init_pid)
-            watchdog = start_watchdog(init_pid, options.cgroup_dir)
-            tasks.exclude(watchdog)
-            write_watchdog(options.state_dir, watchdog)
+            tasks.set_init(int(msg[1:]))
         elif fds:
             first = fds[0]
             for extra in fds[1:]:
                 os.close(extra)
     init_sock.close()
     sentry.add_listener(first)
-    confinement.apply(log_fd=2)
 
     def serve_control(conn: _socket.socket) -> None:
         msg, fds = recv_fds(conn, 64, 1)

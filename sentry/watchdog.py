@@ -5,14 +5,13 @@ later notification of that filter with ENOSYS: the workload would run on,
 served by nobody, every routed call failing. That is not harm by itself, but
 a workload whose kernel has gone should not keep running half-served, and a
 supervisor (docker, the shim) must see the container die rather than hang or
-misbehave. So the sentry forks a watchdog as soon as it knows the
-container's init:
+misbehave. So the sentry forks a watchdog as soon as it starts:
 
-    sentry ──fork── watchdog: holds pidfds of the sentry and of init; sleeps in
-                    poll() until the sentry's pidfd is readable (it exited, for
-                    whatever reason), then SIGKILLs init (with a pid namespace
-                    of its own, the whole container goes with it) and every
-                    other process of the container's cgroup.
+    sentry ──fork── watchdog: holds a pidfd of the sentry; sleeps in poll()
+                    until it is readable (the sentry exited, for whatever
+                    reason), then SIGKILLs every process of the container's
+                    cgroup, init among them (with a pid namespace of its own,
+                    the whole container goes with init).
 
 A sentry that exits normally does so only when no sandboxed task is left, so
 the watchdog then finds nothing to kill. Like the sentry, the watchdog stays
@@ -33,47 +32,38 @@ from pysandbox.oci import kernel
 __all__ = ["start_watchdog"]
 
 
-def start_watchdog(init_pid: int, cgroup_dir: str) -> int:
-    """Fork the watchdog for the calling sentry and container init; return its pid.
+def start_watchdog(cgroup_dir: str) -> int:
+    """Fork the watchdog of the calling sentry; return its pid.
 
     ``cgroup_dir`` is the container's cgroup (given by create, never derived
     from /proc/self/cgroup: on a hybrid host some hierarchies would name
-    their root there).
-
-    The pidfds are opened before the fork: a sentry killed right after the
-    fork still leaves the watchdog a pidfd that reports its death.
+    their root there). It may not exist yet: the sentry is forked before
+    init, and init cannot run a sandboxed instruction without its sentry.
+    The sentry's pidfd is opened before the fork, so a sentry killed right
+    after the fork still leaves the watchdog a pidfd that reports its death.
     """
     sentry_fd = os.pidfd_open(os.getpid())
-    try:
-        init_fd = os.pidfd_open(init_pid)
-    except OSError:
-        os.close(sentry_fd)
-        raise
     pid = os.fork()
     if pid == 0:
         code = 0
         try:
             kernel.set_name("sentry-watchdog")
-            _watch(sentry_fd, init_fd, cgroup_dir)
+            _watch(sentry_fd, cgroup_dir)
         except BaseException:
             code = 1
         finally:
             os._exit(code)
     os.close(sentry_fd)
-    os.close(init_fd)
     return pid
 
 
-def _watch(sentry_fd: int, init_fd: int, cgroup_dir: str) -> None:
+def _watch(sentry_fd: int, cgroup_dir: str) -> None:
     poll = select.poll()
     poll.register(sentry_fd, select.POLLIN)
     while not poll.poll():
         pass
-    # The sentry is gone. Kill the container: init first (its pid namespace
-    # then takes every task with it), then whatever the cgroup still holds
-    # (a container sharing the host's pid namespace).
-    with contextlib.suppress(OSError):
-        kernel.pidfd_send_signal(init_fd, kernel.SIGKILL)
+    # The sentry is gone: kill every task of the container. With a pid
+    # namespace of its own, init's death takes the rest with it.
     _kill_cgroup(cgroup_dir)
 
 
