@@ -121,7 +121,8 @@ def measure(cmds: dict[str, Runner], n: int, warmup: int) -> dict[str, list[floa
         for name, cmd in cmds.items():
             if name in failures:
                 continue
-            argv = cmd(f"bench-{name}-{os.getpid()}-{i}")
+            slug = "".join(c for c in name if c.isalnum())  # "pysandbox --sandbox none"
+            argv = cmd(f"bench-{slug}-{os.getpid()}-{i}")
             t0 = time.perf_counter()
             res = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
             dt = time.perf_counter() - t0
