@@ -388,7 +388,16 @@ SIGPIPE: Final = 13
 SIGTERM: Final = 15
 SIGCHLD: Final = 17
 SIGXFSZ: Final = 25
+SIGALRM: Final = 14
+SIGTSTP: Final = 20
+SIGTTIN: Final = 21
+SIGTTOU: Final = 22
+SIGURG: Final = 23
 SIGWINCH: Final = 28
+# Dispositions as `_signal` reports them (the `signal` module wraps them in an
+# IntEnum that compares equal).
+SIG_DFL: Final = 0
+SIG_IGN: Final = 1
 
 
 def set_signal_handler(signum: int, handler: Callable[[int, object], None] | None) -> None:
@@ -396,6 +405,29 @@ def set_signal_handler(signum: int, handler: Callable[[int, object], None] | Non
     import _signal  # type: ignore[import-not-found]  # the enum-free core of `signal`
 
     _signal.signal(signum, _signal.SIG_DFL if handler is None else handler)
+
+
+def ignore_signal(signum: int) -> None:
+    """SIG_IGN for ``signum`` (main thread only, as for every Python disposition)."""
+    import _signal
+
+    _signal.signal(signum, _signal.SIG_IGN)
+
+
+def get_signal_handler(signum: int) -> object:
+    """The Python-level disposition: a callable, SIG_DFL, SIG_IGN, or None when
+    the handler was installed outside Python."""
+    import _signal
+
+    handler: object = _signal.getsignal(signum)
+    return handler
+
+
+def pthread_kill(thread_id: int, signum: int) -> None:
+    """Send ``signum`` to one thread of this process (its threading ident)."""
+    import _signal
+
+    _signal.pthread_kill(thread_id, signum)
 
 
 # --- bpf (cgroup v2 device filter) ---------------------------------------------

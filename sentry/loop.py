@@ -56,7 +56,6 @@ from __future__ import annotations
 import errno as _errno
 import os
 import select
-import signal
 import sys
 import threading
 import time
@@ -94,7 +93,7 @@ _ARCH: Final = kernel.AUDIT_ARCH_X86_64
 # default action is to ignore it, so a stray one harms nobody; Go's runtime
 # uses it for the same purpose. The handler must exist (an ignored signal
 # interrupts nothing); Python installs it without SA_RESTART.
-KICK_SIGNAL: Final = signal.SIGURG
+KICK_SIGNAL: Final = kernel.SIGURG
 _KICK_RETRY: Final = 0.002  # seconds between kicks the loop did not acknowledge
 _read = memory.read
 _read_cstring = memory.read_cstring
@@ -257,11 +256,11 @@ def _install_kick_handler() -> bool:
         return True
     if threading.current_thread() is not threading.main_thread():
         return False
-    current = signal.getsignal(KICK_SIGNAL)
+    current = kernel.get_signal_handler(KICK_SIGNAL)
     if current is None:  # installed outside Python: not ours to replace
         return False
-    if current in (signal.SIG_DFL, signal.SIG_IGN):
-        signal.signal(KICK_SIGNAL, _on_kick)
+    if current in (kernel.SIG_DFL, kernel.SIG_IGN):
+        kernel.set_signal_handler(KICK_SIGNAL, _on_kick)
     _kick_handler_installed = True
     return True
 
@@ -362,7 +361,7 @@ class Sentry:
                 and self._blocked_in != me  # a handler or signal handler of the loop itself
                 and self._kicks_seen < target
             ):
-                signal.pthread_kill(self._blocked_in, KICK_SIGNAL)
+                kernel.pthread_kill(self._blocked_in, KICK_SIGNAL)
                 cond.wait(_KICK_RETRY)
 
     def _take_pending(self) -> None:

@@ -223,10 +223,10 @@ def _main(
     # numbers we are about to close and reuse (listener fds).
     gc.disable()
     # Imports first, before any listener arrives: the hot path pays for none.
-    import signal
     import threading
 
     from pysandbox.oci import jsonio
+    from pysandbox.oci import kernel as k
     from pysandbox.syscalls.info import InfoConfig
     from pysandbox.syscalls.routes import served_routes
 
@@ -239,27 +239,25 @@ def _main(
     init_sock = init_sock_c
     control = control_c
     os.setsid()  # out of the caller's process group and terminal
-    from pysandbox.oci.kernel import set_name
-
-    set_name("sentry")  # what ps and top on the host show
+    k.set_name("sentry")  # what ps and top on the host show
     # Signals a `kill --all` (or a terminal) may send to the container's
     # cgroup are meant for the workload; the sentry must survive them (SIGKILL
     # still ends it, as delete needs).
     for sig in (
-        signal.SIGINT,
-        signal.SIGTERM,
-        signal.SIGHUP,
-        signal.SIGQUIT,
-        signal.SIGUSR1,
-        signal.SIGUSR2,
-        signal.SIGPIPE,
-        signal.SIGWINCH,
-        signal.SIGALRM,
-        signal.SIGTSTP,
-        signal.SIGTTIN,
-        signal.SIGTTOU,
+        k.SIGINT,
+        k.SIGTERM,
+        k.SIGHUP,
+        k.SIGQUIT,
+        k.SIGUSR1,
+        k.SIGUSR2,
+        k.SIGPIPE,
+        k.SIGWINCH,
+        k.SIGALRM,
+        k.SIGTSTP,
+        k.SIGTTIN,
+        k.SIGTTOU,
     ):
-        signal.signal(sig, signal.SIG_IGN)
+        k.ignore_signal(sig)
     # The OOM killer should pick the workload, never its kernel (were the
     # sentry killed, the watchdog would take the whole container down).
     with contextlib.suppress(OSError), open("/proc/self/oom_score_adj", "w") as f:
@@ -283,14 +281,12 @@ def _main(
 
     # Names for the stats and the strace lines, loaded now: once confined the
     # sentry can read no file, and after the listener arrives init waits.
-    from pysandbox.syscalls.table import all_syscalls
+    from pysandbox.syscalls.table import names_and_argc
 
-    names = {entry.nr: entry.name for entry in all_syscalls()}
+    names, argc = names_and_argc()
     strace = None
-    argc: dict[int, int] = {}
     if options.strace:
         strace = os.fdopen(os.dup(2), "w", buffering=1)
-        argc = {entry.nr: len(entry.args) for entry in all_syscalls()}
     info = InfoConfig(
         hostname=options.hostname, domainname=options.domainname, machine=options.machine
     )

@@ -27,6 +27,7 @@ __all__ = [
     "by_name",
     "by_nr",
     "max_nr",
+    "names_and_argc",
     "parse_table",
 ]
 
@@ -170,6 +171,26 @@ def by_nr(nr: int) -> Syscall | None:
 def max_nr() -> int:
     """The highest number the table defines."""
     return _load().ordered[-1].nr
+
+
+def names_and_argc() -> tuple[dict[int, str], dict[int, int]]:
+    """{number: name} and {number: argument count}, read straight from the data.
+
+    For the sentry's logs and stats, which need nothing else: a plain split
+    of the lines costs ~0.1 ms, the validating load ~1.5 ms, and the sentry
+    reads this while the container's init is starting, on the same CPUs.
+    The table's own tests validate the same file.
+    """
+    names: dict[int, str] = {}
+    argc: dict[int, int] = {}
+    with open(_DATA, encoding="utf-8") as f:
+        for line in f:
+            if not line.strip() or line.startswith("#"):
+                continue
+            nr, name, args = line.split("\t", 3)[:3]
+            names[int(nr)] = name
+            argc[int(nr)] = len(args.split(",")) if args and args != "-" else 0
+    return names, argc
 
 
 def parse_table(text: str, source: str = "<text>") -> tuple[Syscall, ...]:

@@ -104,3 +104,12 @@ def test_argument_kinds_and_areas_are_from_the_vocabulary() -> None:
 def test_malformed_table_is_refused(text: str, message: str) -> None:
     with pytest.raises(table.TableError, match=re.escape(message)):
         table.parse_table(text, "t.tsv")
+
+
+def test_names_and_argc_agree_with_the_validated_table() -> None:
+    # The sentry reads names with a plain split (start-up cost); it must give
+    # exactly what the validating loader gives.
+    names, argc = table.names_and_argc()
+    entries = table.all_syscalls()
+    assert names == {e.nr: e.name for e in entries}
+    assert argc == {e.nr: len(e.args) for e in entries}
