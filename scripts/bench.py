@@ -251,6 +251,20 @@ def syscalls_section(n_calls: int) -> list[str]:
     errnos: dict[str, dict[str, int]] = {}
     results: dict[str, dict[str, float]] = mod.measure_syscalls(n_calls, errnos=errnos)
     lines: list[str] = mod.table(results, errnos)
+    floor: float | None = mod.measure_floor(n_calls)
+    served = results.get("pysandbox", {}).get("uname")
+    if floor is not None:
+        share = (
+            f" The sentry's own share of a served uname is {served - floor:,.0f} ns."
+            if served
+            else ""
+        )
+        lines += [
+            "",
+            "The floor of the platform: the same uname served by a minimal C server (RECV,",
+            "process_vm_writev of the answer, SEND, SYNC_WAKE_UP; scripts/bench_syscalls.py",
+            f"FLOOR_C), no container, no Python: **{floor:,.0f} ns** per call.{share}",
+        ]
     return [
         "### Syscall cost inside the container",
         "",

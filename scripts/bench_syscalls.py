@@ -76,6 +76,118 @@ int main(int argc, char **argv) {
 }
 """
 
+# The floor of the seccomp-notify platform: the same uname round trip served by
+# a minimal C server (RECV, process_vm_writev of the answer, SEND, with
+# SYNC_WAKE_UP as the sentry sets it), no container, no Python. What the sentry
+# adds to a served call is its figure minus this one.
+FLOOR_C = r"""
+#define _GNU_SOURCE
+#include <errno.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <sys/ioctl.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/uio.h>
+#include <sys/utsname.h>
+#include <sys/wait.h>
+#ifndef SECCOMP_IOCTL_NOTIF_SET_FLAGS
+#define SECCOMP_IOCTL_NOTIF_SET_FLAGS SECCOMP_IOW(4, __u64)
+#endif
+#ifndef SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP
+#define SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP 1
+#endif
+
+static long long now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+static void send_fd(int sock, int fd) {
+    char ctl[CMSG_SPACE(sizeof(int))];
+    struct iovec io = {"f", 1};
+    struct msghdr m = {0};
+    m.msg_iov = &io; m.msg_iovlen = 1; m.msg_control = ctl; m.msg_controllen = sizeof ctl;
+    struct cmsghdr *h = CMSG_FIRSTHDR(&m);
+    h->cmsg_level = SOL_SOCKET; h->cmsg_type = SCM_RIGHTS; h->cmsg_len = CMSG_LEN(sizeof(int));
+    memcpy(CMSG_DATA(h), &fd, sizeof fd);
+    if (sendmsg(sock, &m, 0) < 0) _exit(2);
+}
+
+static int recv_fd(int sock) {
+    char ctl[CMSG_SPACE(sizeof(int))], b;
+    struct iovec io = {&b, 1};
+    struct msghdr m = {0};
+    m.msg_iov = &io; m.msg_iovlen = 1; m.msg_control = ctl; m.msg_controllen = sizeof ctl;
+    if (recvmsg(sock, &m, 0) <= 0) exit(2);
+    int fd;
+    memcpy(&fd, CMSG_DATA(CMSG_FIRSTHDR(&m)), sizeof fd);
+    return fd;
+}
+
+int main(int argc, char **argv) {
+    long n = argc > 1 ? atol(argv[1]) : 10000;
+    int sv[2];
+    if (socketpair(AF_UNIX, SOCK_STREAM, 0, sv) < 0) return 1;
+    pid_t child = fork();
+    if (child == 0) {
+        struct sock_filter f[] = {
+            BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+            BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_uname, 0, 1),
+            BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_USER_NOTIF),
+            BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+        };
+        struct sock_fprog prog = {4, f};
+        prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
+        int fd = syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER,
+                         SECCOMP_FILTER_FLAG_NEW_LISTENER, &prog);
+        if (fd < 0) _exit(3);
+        send_fd(sv[0], fd);
+        close(fd);
+        char go;
+        if (read(sv[0], &go, 1) != 1) _exit(4);
+        struct utsname u;
+        for (long i = 0; i < n / 10 + 1; i++) uname(&u);
+        long long t0 = now();
+        for (long i = 0; i < n; i++) uname(&u);
+        printf("floor_uname %.1f\n", (double)(now() - t0) / (double)n);
+        fflush(stdout);
+        _exit(0);
+    }
+    int fd = recv_fd(sv[1]);
+    ioctl(fd, SECCOMP_IOCTL_NOTIF_SET_FLAGS, SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP);
+    if (write(sv[1], "g", 1) != 1) return 1;
+    struct utsname answer;
+    memset(&answer, 0, sizeof answer);
+    strcpy(answer.sysname, "Linux");
+    for (;;) {
+        struct seccomp_notif req;
+        memset(&req, 0, sizeof req);
+        if (ioctl(fd, SECCOMP_IOCTL_NOTIF_RECV, &req) < 0) {
+            if (errno == EINTR) continue;
+            break; /* ENOENT: the child is gone */
+        }
+        struct iovec local = {&answer, sizeof answer};
+        struct iovec remote = {(void *)req.data.args[0], sizeof answer};
+        struct seccomp_notif_resp resp = {.id = req.id};
+        if (process_vm_writev(req.pid, &local, 1, &remote, 1, 0) != (ssize_t)sizeof answer)
+            resp.error = -EFAULT;
+        ioctl(fd, SECCOMP_IOCTL_NOTIF_SEND, &resp);
+    }
+    int status;
+    waitpid(child, &status, 0);
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 1;
+}
+"""
+
 Runner = Callable[[str], list[str]]
 
 
@@ -186,6 +298,25 @@ def measure_syscalls(
     return {
         r: {c: statistics.median(xs) for c, xs in calls.items()} for r, calls in samples.items()
     }
+
+
+def measure_floor(n_calls: int, rounds: int = ROUNDS) -> float | None:
+    """Median ns per uname served by FLOOR_C's C server (None if it cannot run)."""
+    WORK.mkdir(parents=True, exist_ok=True)
+    src = WORK / "notify_floor.c"
+    exe = WORK / "notify_floor"
+    src.write_text(FLOOR_C)
+    if shutil.which("gcc") is None:
+        return None
+    subprocess.run(["gcc", "-O2", "-o", str(exe), str(src)], check=True)
+    samples = []
+    for _ in range(rounds):
+        res = subprocess.run([str(exe), str(n_calls)], capture_output=True, text=True)
+        for line in res.stdout.splitlines():
+            parts = line.split()
+            if res.returncode == 0 and len(parts) == 2 and parts[0] == "floor_uname":
+                samples.append(float(parts[1]))
+    return statistics.median(samples) if samples else None
 
 
 ERRNO_NAMES = {0: "ok", 1: "EPERM", 13: "EACCES", 22: "EINVAL", 38: "ENOSYS", 126: "ENOKEY"}
