@@ -357,6 +357,9 @@ class Runtime:
         else:  # the host's UTS namespace: the host's names
             hostname, domainname = os.uname().nodename, "(none)"
         personality = spec.linux.personality.domain if spec.linux.personality else ""
+        from pysandbox.syscalls.procfs import resource_files
+
+        dirs, roots = _limit_dirs(cgroup)
         options = service.SentryOptions(
             hostname=hostname,
             domainname=domainname,
@@ -365,6 +368,8 @@ class Runtime:
             cgroup_dir=cgroup.main_dir(),
             strace=self.strace,
             debug_log=service.debug_log_path(self.debug_log, rec.id, state_dir),
+            resource_files=tuple(sorted(resource_files(cgroup.mode, dirs).items())),
+            cgroup_roots=roots,
         )
         pid, sock = service.start(state_dir, policy.routing, options)
         rec.sentry_pid = pid
@@ -734,6 +739,22 @@ def uts_names(ns_path: str) -> tuple[str, str]:
     if not found:
         raise RuntimeFailure(f"cannot read the UTS namespace {ns_path}")
     return found[0]
+
+
+def _limit_dirs(cgroup: CgroupManager) -> tuple[dict[str, str], tuple[str, ...]]:
+    """The container's cgroup directory per controller that holds a limit the
+    sentry reports (/proc/meminfo, cpuinfo, sysinfo), and their hierarchies."""
+    if cgroup.mode == "v2":
+        from pysandbox.oci.cgroups.v2 import V2Manager
+
+        assert isinstance(cgroup, V2Manager)
+        return {"unified": cgroup.main_dir()}, (cgroup.mountpoint,)
+    from pysandbox.oci.cgroups.v1 import V1Manager
+
+    assert isinstance(cgroup, V1Manager)
+    subs = [s for s in ("memory", "cpu", "cpuset") if cgroup.has(s)]
+    roots = tuple(sorted({cgroup.mounts[s] for s in subs}))
+    return {s: cgroup.dir(s) for s in subs}, roots
 
 
 def kill_sentry(rec: ContainerRecord, state_dir: str, timeout: float = 5.0) -> None:

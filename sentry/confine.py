@@ -200,6 +200,7 @@ _O_WRITE_FLAGS: Final = (
     os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND | 0o20000000  # __O_TMPFILE
 )
 _U32: Final = 0xFFFFFFFF
+_MFD_CLOEXEC: Final = 0x1
 _IOCTLS: Final = (
     kernel.SECCOMP_IOCTL_NOTIF_RECV,
     kernel.SECCOMP_IOCTL_NOTIF_SEND,
@@ -223,6 +224,12 @@ CONSTRAINED: Final[list[tuple[str, str, list[Conditions]]]] = [
         "openat",
         "read-only: no O_WRONLY/O_RDWR/O_CREAT/O_TRUNC/O_APPEND/O_TMPFILE (also without Landlock)",
         [[(2, _O_WRITE_FLAGS, 0)]],
+    ),
+    (
+        "memfd_create",
+        "virtual /proc files (rendered text installed as a memory file): MFD_CLOEXEC only,"
+        " never MFD_EXEC; exec and executable mappings are refused anyway",
+        [[(1, _U32 & ~_MFD_CLOEXEC, 0)]],
     ),
     ("mmap", "no executable mappings (W^X: nothing to jump to)", [[(2, _PROT_EXEC, 0)]]),
     ("mprotect", "no executable pages; thread stack guards", [[(2, _PROT_EXEC, 0)]]),

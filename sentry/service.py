@@ -90,6 +90,11 @@ class SentryOptions:
     debug_log: str
     # --strace: one line per served call to the debug log
     strace: bool = False
+    # the container's limits: {what: cgroup file} (syscalls/procfs.resource_files)
+    resource_files: tuple[tuple[str, str], ...] = ()
+    # cgroup hierarchies the confined sentry may read (the limits' files are
+    # made after the sentry confines itself)
+    cgroup_roots: tuple[str, ...] = ()
 
 
 def debug_log_path(pattern: str, container_id: str, state_dir: str) -> str:
@@ -228,6 +233,7 @@ def _main(
     from pysandbox.oci import jsonio
     from pysandbox.oci import kernel as k
     from pysandbox.syscalls.info import InfoConfig
+    from pysandbox.syscalls.procfs import ContainerView, ProcHandlers
     from pysandbox.syscalls.routes import served_routes
 
     from .confine import Confinement
@@ -287,13 +293,20 @@ def _main(
     strace = None
     if options.strace:
         strace = os.fdopen(os.dup(2), "w", buffering=1)
+    view = ContainerView(dict(options.resource_files))
     info = InfoConfig(
-        hostname=options.hostname, domainname=options.domainname, machine=options.machine
+        hostname=options.hostname,
+        domainname=options.domainname,
+        machine=options.machine,
+        memory_limit=view.memory_limit,
+        swap_limit=view.swap_limit,
+        memory_usage=view.memory_usage,
+        boot_time=view.started,
     )
     tasks = TaskTable()
     tasks.exclude(os.getpid())
     sentry = Sentry(
-        build_routes(routing, served_routes(info, tasks)),
+        build_routes(routing, served_routes(info, tasks, ProcHandlers(view))),
         names=names,
         argc=argc,
         strace=strace,
@@ -312,7 +325,7 @@ def _main(
     from pysandbox.oci.state import cache_dir
 
     Confinement(
-        read_paths=[p for p in ("/proc", NODE_DIR) if os.path.isdir(p)],
+        read_paths=[p for p in ("/proc", NODE_DIR, *options.cgroup_roots) if os.path.isdir(p)],
         cache_dir=cache_dir(os.path.dirname(options.state_dir)),
     ).apply(log_fd=2)
     # Init sends its pid (from create) and, just before execve, its listener.

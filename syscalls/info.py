@@ -83,8 +83,10 @@ class InfoConfig:
     hostname: str = "localhost"
     domainname: str = "(none)"  # what Linux reports when none was set
     machine: str = MACHINE  # "i686" under the LINUX32 personality (`setarch i686`)
-    memory_limit: int | None = None  # bytes (cgroup memory.max), None: unlimited
-    swap_limit: int | None = None  # bytes of swap (memory.swap.max), None: unlimited
+    # bytes (cgroup memory.max), None: unlimited; a callable is read at each call
+    memory_limit: int | Callable[[], int | None] | None = None
+    # bytes of swap (memory.swap.max), None: unlimited; a callable as above
+    swap_limit: int | Callable[[], int | None] | None = None
     memory_usage: Callable[[], int] | None = None  # live memory.current
     task_count: Callable[[], int] | None = None  # the container's tasks (task table)
     boot_time: float | None = None  # CLOCK_BOOTTIME at container start; None: host uptime
@@ -218,15 +220,20 @@ class InfoHandlers:
         unit = f["mem_unit"] or 1
         if cfg.boot_time is not None:
             f["uptime"] = max(0, int(time.clock_gettime(time.CLOCK_BOOTTIME) - cfg.boot_time))
-        if cfg.memory_limit is not None:
-            limit = cfg.memory_limit // unit
+        memory_limit = cfg.memory_limit() if callable(cfg.memory_limit) else cfg.memory_limit
+        swap_limit = cfg.swap_limit() if callable(cfg.swap_limit) else cfg.swap_limit
+        if memory_limit is not None:
+            limit = memory_limit // unit
             used = (cfg.memory_usage() if cfg.memory_usage else 0) // unit
             f["totalram"] = min(f["totalram"], limit)
             f["freeram"] = max(0, min(f["freeram"], f["totalram"] - used))
-            f["sharedram"] = min(f["sharedram"], f["totalram"])
-            f["bufferram"] = min(f["bufferram"], f["totalram"])
-        if cfg.swap_limit is not None:
-            f["totalswap"] = min(f["totalswap"], cfg.swap_limit // unit)
+            # The cgroup's usage already counts its page cache and shared
+            # memory; the host's figures would make `free`'s used (total -
+            # free - buffers - cache) negative. /proc/meminfo does the same.
+            f["sharedram"] = 0
+            f["bufferram"] = 0
+        if swap_limit is not None:
+            f["totalswap"] = min(f["totalswap"], swap_limit // unit)
             f["freeswap"] = min(f["freeswap"], f["totalswap"])
         if cfg.task_count is not None:
             f["procs"] = min(cfg.task_count(), 0xFFFF)

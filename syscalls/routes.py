@@ -13,15 +13,20 @@ from pysandbox.sentry.tasks import TaskTable
 
 from . import ioctl, process, signal
 from .info import InfoConfig, InfoHandlers
+from .procfs import ProcHandlers
 
 __all__ = ["served_routes"]
 
 
-def served_routes(info: InfoConfig, tasks: TaskTable | None = None) -> dict[int, Handler]:
+def served_routes(
+    info: InfoConfig, tasks: TaskTable | None = None, proc: ProcHandlers | None = None
+) -> dict[int, Handler]:
     """{syscall number: handler} for everything pysandbox serves today.
 
     ``tasks``: the container's task table (the sentry calls ``set_init`` and
     ``exclude`` on it); without one, a table that judges from each caller.
+    ``proc``: the virtual /proc files (open/openat); without it those calls
+    are not served here.
     """
     if tasks is None:
         tasks = TaskTable()
@@ -30,4 +35,6 @@ def served_routes(info: InfoConfig, tasks: TaskTable | None = None) -> dict[int,
     routes.update(process.routes(tasks))
     routes.update(signal.routes(tasks))
     routes.update(ioctl.routes())
+    if proc is not None:
+        routes.update(proc.routes())
     return routes

@@ -393,7 +393,6 @@ def test_allowlist_has_no_dangerous_calls() -> None:
         "connect",
         "bind",
         "landlock_restrict_self",
-        "memfd_create",
         "init_module",
         "kexec_load",
     ):
@@ -522,3 +521,23 @@ def test_landlock_would_cut_the_sentry_off_its_workload() -> None:
     assert out["read"] == errno.EPERM
     assert out["fdinfo"] == errno.EACCES
     assert out["kill"] == 0  # signals are not scoped (no LANDLOCK_SCOPE_SIGNAL)
+
+
+def test_memfd_create_is_allowed_only_without_mfd_exec() -> None:
+    # The virtual /proc files are memory files (syscalls/procfs.py).
+    def body() -> Any:
+        fd = os.memfd_create("meminfo", os.MFD_CLOEXEC)
+        os.write(fd, b"MemTotal: 1 kB\n")
+        os.lseek(fd, 0, os.SEEK_SET)
+        data = os.read(fd, 64)
+        os.close(fd)
+        return data.decode()
+
+    status, out = confined(body)
+    assert status == 0, out
+    assert out["body"] == "MemTotal: 1 kB\n"
+
+    mfd_exec = 0x10  # a memory file that may be executed: never
+
+    status, _out = confined(lambda: os.memfd_create("x", os.MFD_CLOEXEC | mfd_exec))
+    assert killed_by_seccomp(status)

@@ -1,0 +1,348 @@
+"""/proc files that tell the truth about the container's limits (first slice).
+
+``free``, ``top``, language runtimes and build tools size themselves from
+/proc/meminfo, /proc/cpuinfo, /proc/stat and /proc/uptime; under runc they
+read the host's figures, so a container limited to 64 MiB believes it has
+the host's memory. The sentry serves ``open``/``openat`` of exactly these
+absolute paths: it renders the file from the host's copy cut to the
+container's cgroup (memory limit and usage, CPU quota and cpuset) and
+installs an anonymous memory file holding it (NOTIF_ADDFD), so the workload
+reads it with plain read(). Everything else these calls name is handed back
+to the kernel.
+
+What each file shows:
+
+* meminfo: MemTotal = the memory limit (or the host's, if lower or
+  unlimited), MemFree and MemAvailable = limit - usage, SwapTotal/SwapFree
+  cut to the swap limit; under a limit the cache lines (Buffers, Cached,
+  SwapCached, SReclaimable, Shmem) are 0, since the usage includes the
+  cgroup's page cache; the other lines are the host's, capped at MemTotal.
+* cpuinfo: the first N processor blocks, renumbered 0..N-1, where N is what
+  the container may use: the cpuset's size, the quota rounded up, at most
+  the host's count.
+* stat: the aggregate ``cpu`` line and ``cpu0``..``cpuN-1`` (the host's),
+  other lines unchanged.
+* uptime: time since the sentry started (the container's creation), as
+  gVisor reports the sandbox's uptime; idle time scaled to N CPUs.
+
+/proc/loadavg stays the host's (the kernel keeps no per-cgroup load), as
+under gVisor; /proc/self/mountinfo and the gofer's full /proc come with the
+rest of issue 5.
+
+Rule 1: the path is read once and the answer is built from that copy. When
+the path is not one of these files the call is CONTINUEd; a thread that
+rewrites the path meanwhile makes the kernel open whatever it then names,
+which the workload could have opened directly: no decision is made on it.
+"""
+
+from __future__ import annotations
+
+import errno
+import math
+import os
+import time
+from collections.abc import Callable, Mapping
+
+from pysandbox.oci import kernel
+from pysandbox.sentry.loop import CONTINUE, Call, Errno, Handler, InstallFd, Result
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Final
+
+__all__ = [
+    "VIRTUAL_FILES",
+    "ContainerView",
+    "ProcHandlers",
+    "render_cpuinfo",
+    "render_meminfo",
+    "render_stat",
+    "render_uptime",
+    "resource_files",
+]
+
+_AT_FDCWD: Final = -100
+# Flags that a read-only open of these files may carry; anything else (a
+# write, O_DIRECTORY, O_PATH, O_TMPFILE...) is left to the kernel.
+_READ_FLAGS: Final = os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK | os.O_LARGEFILE
+_UNLIMITED: Final = 1 << 62  # cgroup v1 reports "no limit" as a huge page-aligned number
+_PATH_MAX: Final = 4096
+
+
+def resource_files(mode: str, dirs: Mapping[str, str]) -> dict[str, str]:
+    """Where a container's limits live: {what: file}, for :class:`ContainerView`.
+
+    ``dirs``: the container's cgroup directory per v1 subsystem (memory, cpu,
+    cpuset), or {"unified": dir} for v2.
+    """
+    out: dict[str, str] = {}
+    if mode == "v2":
+        d = dirs.get("unified")
+        if d:
+            out.update(
+                {
+                    "memory.limit": os.path.join(d, "memory.max"),
+                    "memory.usage": os.path.join(d, "memory.current"),
+                    "swap.limit": os.path.join(d, "memory.swap.max"),
+                    "cpu.max": os.path.join(d, "cpu.max"),
+                    "cpuset": os.path.join(d, "cpuset.cpus.effective"),
+                }
+            )
+        return out
+    if "memory" in dirs:
+        m = dirs["memory"]
+        out["memory.limit"] = os.path.join(m, "memory.limit_in_bytes")
+        out["memory.usage"] = os.path.join(m, "memory.usage_in_bytes")
+        out["memsw.limit"] = os.path.join(m, "memory.memsw.limit_in_bytes")
+    if "cpu" in dirs:
+        out["cpu.quota"] = os.path.join(dirs["cpu"], "cpu.cfs_quota_us")
+        out["cpu.period"] = os.path.join(dirs["cpu"], "cpu.cfs_period_us")
+    if "cpuset" in dirs:
+        out["cpuset"] = os.path.join(dirs["cpuset"], "cpuset.cpus")
+    return out
+
+
+def _read(path: str | None) -> str | None:
+    if not path:
+        return None
+    try:
+        with open(path, "rb") as f:
+            return f.read().decode().strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def _limit(text: str | None) -> int | None:
+    """A byte limit as cgroups write it: None for none ("max", v1's huge value)."""
+    if text is None or text == "max":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        return None
+    return None if value <= 0 or value >= _UNLIMITED else value
+
+
+def cpuset_size(text: str) -> int:
+    """How many CPUs a cpuset list ("0-3,6") names."""
+    n = 0
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        lo, _, hi = part.partition("-")
+        n += int(hi or lo) - int(lo) + 1
+    return n
+
+
+class ContainerView:
+    """The container's limits, read from its cgroup files at each use (they
+    change: ``docker update``), and its start time."""
+
+    def __init__(self, files: Mapping[str, str], started: float | None = None) -> None:
+        self.files = dict(files)
+        self.started = time.clock_gettime(time.CLOCK_BOOTTIME) if started is None else started
+
+    def memory_limit(self) -> int | None:
+        return _limit(_read(self.files.get("memory.limit")))
+
+    def memory_usage(self) -> int:
+        return _limit(_read(self.files.get("memory.usage"))) or 0
+
+    def swap_limit(self) -> int | None:
+        """Swap the container may use, in bytes (None: unlimited)."""
+        swap = _limit(_read(self.files.get("swap.limit")))
+        if swap is not None or "swap.limit" in self.files:
+            return swap
+        memsw = _limit(_read(self.files.get("memsw.limit")))  # v1: memory + swap
+        mem = self.memory_limit()
+        if memsw is None or mem is None:
+            return None
+        return max(0, memsw - mem)
+
+    def cpus(self, host_cpus: int) -> int:
+        """CPUs the container can use: cpuset size, quota rounded up, host count."""
+        n = host_cpus
+        cpuset = _read(self.files.get("cpuset"))
+        if cpuset:
+            try:
+                n = min(n, cpuset_size(cpuset))
+            except ValueError:
+                pass
+        quota = period = None
+        cpu_max = _read(self.files.get("cpu.max"))
+        if cpu_max:
+            q, _, p = cpu_max.partition(" ")
+            if q != "max":
+                quota, period = int(q), int(p or 100000)
+        else:
+            q1, p1 = _read(self.files.get("cpu.quota")), _read(self.files.get("cpu.period"))
+            if q1 and p1 and int(q1) > 0:
+                quota, period = int(q1), int(p1)
+        if quota is not None and period:
+            n = min(n, max(1, math.ceil(quota / period)))
+        return max(1, n)
+
+
+# --- rendering (pure functions of the host's text and the limits) ----------------
+
+
+# Under a limit the cgroup's usage already counts its page cache, and `free`
+# computes used = total - free - buffers - cache: the host's cache figures
+# would make that negative.
+_CACHE_KEYS: Final = ("Buffers", "Cached", "SwapCached", "SReclaimable", "Shmem")
+
+
+def render_meminfo(host: str, limit: int | None, usage: int, swap_limit: int | None = None) -> str:
+    """/proc/meminfo cut to a memory limit (bytes) and usage (bytes)."""
+    values: dict[str, int] = {}
+    for line in host.splitlines():
+        key, _, rest = line.partition(":")
+        fields = rest.split()
+        if fields and fields[0].isdigit():
+            values[key] = int(fields[0])
+    total = values.get("MemTotal", 0)
+    if limit is not None:
+        total = min(total, limit // 1024)
+    free = max(0, total - usage // 1024) if limit is not None else values.get("MemFree", 0)
+    swap_total = values.get("SwapTotal", 0)
+    if swap_limit is not None:
+        swap_total = min(swap_total, swap_limit // 1024)
+    fixed = {
+        **({key: 0 for key in _CACHE_KEYS} if limit is not None else {}),
+        "MemTotal": total,
+        "MemFree": min(free, values.get("MemFree", free)) if limit is None else free,
+        "MemAvailable": free if limit is not None else values.get("MemAvailable", free),
+        "SwapTotal": swap_total,
+        "SwapFree": min(values.get("SwapFree", 0), swap_total),
+    }
+    out = []
+    for line in host.splitlines():
+        key, sep, rest = line.partition(":")
+        fields = rest.split()
+        if not sep or not fields or not fields[0].isdigit():
+            out.append(line)
+            continue
+        value = fixed.get(key)
+        if value is None:
+            value = min(int(fields[0]), total) if fields[1:] == ["kB"] else int(fields[0])
+        unit = " kB" if fields[1:] == ["kB"] else ""
+        out.append(f"{key + ':':<16}{value:>8}{unit}")
+    return "\n".join(out) + "\n"
+
+
+def render_cpuinfo(host: str, ncpu: int) -> str:
+    """The first ``ncpu`` processor blocks of /proc/cpuinfo, renumbered."""
+    blocks = [b for b in host.strip("\n").split("\n\n") if b.strip()]
+    out = []
+    for i, block in enumerate(blocks[:ncpu]):
+        lines = []
+        for line in block.splitlines():
+            if line.startswith("processor"):
+                key = line.split(":", 1)[0]
+                line = f"{key}: {i}"
+            lines.append(line)
+        out.append("\n".join(lines))
+    return "\n\n".join(out) + "\n\n"
+
+
+def render_stat(host: str, ncpu: int) -> str:
+    """/proc/stat with cpu0..cpu{ncpu-1} only (the aggregate line stays)."""
+    out = []
+    for line in host.splitlines():
+        head = line.split(" ", 1)[0]
+        if head[:3] == "cpu" and head[3:].isdigit() and int(head[3:]) >= ncpu:
+            continue
+        out.append(line)
+    return "\n".join(out) + "\n"
+
+
+def render_uptime(host: str, started: float, now: float, ncpu: int, host_cpus: int) -> str:
+    """/proc/uptime since the container started; idle scaled to its CPUs."""
+    fields = host.split()
+    up = max(0.0, now - started)
+    try:
+        host_up, host_idle = float(fields[0]), float(fields[1])
+    except (IndexError, ValueError):
+        host_up, host_idle = up, 0.0
+    share = host_idle / host_up if host_up > 0 else 0.0  # idle CPU-seconds per second
+    idle = min(up * ncpu, up * share * ncpu / max(1, host_cpus))
+    return f"{up:.2f} {idle:.2f}\n"
+
+
+# --- the handlers ----------------------------------------------------------------
+
+VIRTUAL_FILES: Final = ("/proc/meminfo", "/proc/cpuinfo", "/proc/stat", "/proc/uptime")
+
+
+class ProcHandlers:
+    """open/openat of :data:`VIRTUAL_FILES` served from :class:`ContainerView`."""
+
+    def __init__(self, view: ContainerView, host_proc: str = "/proc") -> None:
+        self.view = view
+        self.host_proc = host_proc
+        self.host_cpus = os.cpu_count() or 1
+        self.renderers: dict[bytes, Callable[[], str]] = {
+            b"/proc/meminfo": self.meminfo,
+            b"/proc/cpuinfo": self.cpuinfo,
+            b"/proc/stat": self.stat,
+            b"/proc/uptime": self.uptime,
+        }
+
+    def routes(self) -> dict[int, Handler]:
+        return {kernel.SYS_OPEN: self.open, kernel.SYS_OPENAT: self.openat}
+
+    def _host(self, name: str) -> str:
+        with open(os.path.join(self.host_proc, name), "rb") as f:
+            return f.read().decode()
+
+    def meminfo(self) -> str:
+        v = self.view
+        return render_meminfo(
+            self._host("meminfo"), v.memory_limit(), v.memory_usage(), v.swap_limit()
+        )
+
+    def cpuinfo(self) -> str:
+        return render_cpuinfo(self._host("cpuinfo"), self.view.cpus(self.host_cpus))
+
+    def stat(self) -> str:
+        return render_stat(self._host("stat"), self.view.cpus(self.host_cpus))
+
+    def uptime(self) -> str:
+        now = time.clock_gettime(time.CLOCK_BOOTTIME)
+        ncpu = self.view.cpus(self.host_cpus)
+        return render_uptime(self._host("uptime"), self.view.started, now, ncpu, self.host_cpus)
+
+    def open(self, call: Call) -> Result:
+        return self._serve(call, call.args[0], call.args[1])
+
+    def openat(self, call: Call) -> Result:
+        # An absolute path ignores the dirfd, as the kernel does.
+        return self._serve(call, call.args[1], call.args[2])
+
+    def _serve(self, call: Call, path_addr: int, flags: int) -> Result:
+        flags &= 0xFFFFFFFF
+        if flags & os.O_ACCMODE != os.O_RDONLY or flags & ~_READ_FLAGS & ~os.O_ACCMODE:
+            return CONTINUE
+        try:
+            path = call.read_cstring(path_addr, _PATH_MAX)
+        except OSError:
+            return CONTINUE  # EFAULT, ENAMETOOLONG: the kernel gives the same answer
+        render = self.renderers.get(path)
+        if render is None:
+            return CONTINUE
+        call.verify()  # rule 1: the path read was this caller's, and it still waits
+        if call.tracing:
+            call.detail = f"{path.decode(errors='replace')!r}, {flags:#o}"
+        try:
+            data = render().encode()
+        except OSError:
+            return Errno(errno.EIO)
+        fd = os.memfd_create(path.rsplit(b"/", 1)[-1].decode(), os.MFD_CLOEXEC)
+        try:
+            os.write(fd, data)
+            os.lseek(fd, 0, os.SEEK_SET)
+        except OSError:
+            os.close(fd)
+            raise
+        return InstallFd(fd, cloexec=bool(flags & os.O_CLOEXEC))
