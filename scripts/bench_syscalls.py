@@ -214,6 +214,26 @@ def make_bundle(probe: Path, n_calls: int) -> Path:
     return bundle
 
 
+DOCKER_SPEC = REPO.parent / "shared" / "reference" / "specs" / "docker-run-config.json"
+RUNC_SECCOMP = "runc + docker's seccomp"
+
+
+def make_seccomp_bundle(bundle: Path) -> Path | None:
+    """The probe bundle with docker's default seccomp profile (from the config.json
+    docker really generates, ../shared/reference): runc as docker users run it,
+    with the filter whose entry cost every seccomp sandbox also pays."""
+    if not DOCKER_SPEC.exists():
+        return None
+    profile = json.loads(DOCKER_SPEC.read_text())["linux"]["seccomp"]
+    out = WORK / "syscalls-bundle-seccomp"
+    out.mkdir(parents=True, exist_ok=True)
+    spec = json.loads((bundle / "config.json").read_text())
+    spec["root"]["path"] = str(bundle / "rootfs")
+    spec["linux"]["seccomp"] = profile
+    (out / "config.json").write_text(json.dumps(spec, indent=2))
+    return out
+
+
 def runtimes(bundle: Path) -> dict[str, Runner]:
     b = str(bundle)
 
@@ -236,6 +256,18 @@ def runtimes(bundle: Path) -> dict[str, Runner]:
     }
     if shutil.which("runc"):
         out["runc"] = lambda cid: ["runc", "--root", root("runc"), "run", "--bundle", b, cid]
+        seccomp_bundle = make_seccomp_bundle(bundle)
+        if seccomp_bundle is not None:
+            sb = str(seccomp_bundle)
+            out[RUNC_SECCOMP] = lambda cid: [
+                "runc",
+                "--root",
+                root("runc"),
+                "run",
+                "--bundle",
+                sb,
+                cid,
+            ]
     if shutil.which("runsc"):
         out["runsc"] = lambda cid: [
             "runsc",
@@ -278,7 +310,7 @@ def measure_syscalls(
         for name, cmd in cmds.items():
             if name in failures:
                 continue
-            tag = name.replace(" ", "").replace("-", "")
+            tag = "".join(c for c in name if c.isalnum())
             argv = cmd(f"benchsys-{tag}-{os.getpid()}-{i}")
             res = subprocess.run(argv, capture_output=True, text=True)
             ns, errs = parse(res.stdout)
