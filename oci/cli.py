@@ -104,6 +104,12 @@ GLOBAL_FLAGS = (
         help="sentry (default) or none (no sentry: namespaces, cgroups and seccomp only, as runc)",
     ),
     Flag(("profile",), True, help="sandbox profile name or path (default: default)"),
+    Flag(
+        ("overlay",),
+        True,
+        help="root:memory[,size=N] (default: writes go to memory, never to the bundle's rootfs),"
+        " root:dir=PATH, or none (the rootfs is written, as runc)",
+    ),
     Flag(("strace",), help="log every syscall the sentry serves, with arguments and result"),
     Flag(
         ("debug-log",),
@@ -418,6 +424,7 @@ def _runtime(root: str, log: Logger, g: Parsed) -> object:
         profile=g.opt("profile"),
         strace=g.flag("strace"),
         debug_log=g.opt("debug-log") or "",
+        overlay=g.opt("overlay"),
     )
 
 

@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 
     from pysandbox.oci.cgroups import CgroupManager
     from pysandbox.oci.config import Hook, Spec
+    from pysandbox.oci.overlay import Overlay
     from pysandbox.oci.spawn import Launched
     from pysandbox.policies.compiler import CompiledPolicy
 
@@ -65,6 +66,7 @@ class Runtime:
         profile: str | None = None,
         strace: bool = False,
         debug_log: str = "",
+        overlay: str | None = None,
     ) -> None:
         self.store = StateStore(root)
         self.log = log
@@ -75,6 +77,7 @@ class Runtime:
         self.profile = profile
         self.strace = strace  # runsc's --strace: served calls to the sentry's log
         self.debug_log = debug_log  # runsc's --debug-log (%ID% expands)
+        self.overlay = overlay  # --overlay; None: annotation, environment, default
 
     # --- status ------------------------------------------------------------------
     def status(self, rec: ContainerRecord) -> str:
@@ -165,6 +168,7 @@ class Runtime:
             except SeccompError as e:
                 raise RuntimeFailure(str(e)) from None
         sandbox, profile = sandbox_choice(self.sandbox, self.profile, spec.annotations)
+        overlay_text, overlay = overlay_choice(self.overlay, spec.annotations)
         policy = None
         if sandbox == SANDBOX_SENTRY:
             policy = compile_policy(profile, self.store.root)
@@ -186,11 +190,16 @@ class Runtime:
                 namespaces={n.type: n.path or "" for n in spec.linux.namespaces},
                 sandbox=sandbox,
                 profile=profile if policy is not None else "",
+                overlay=overlay_text,
+                overlay_dir=(os.path.join(overlay.path, cid) if overlay.medium == "dir" else ""),
             )
             try:
                 self.store.save(rec, partial=True)
+                if rec.overlay_dir:
+                    os.makedirs(overlay.path, mode=0o700, exist_ok=True)
+                    os.mkdir(rec.overlay_dir, 0o700)
                 return self._create_in(
-                    state_dir, rec, spec, cgroup, seccomp, opts, attached, policy
+                    state_dir, rec, spec, cgroup, seccomp, opts, attached, policy, overlay
                 )
             except BaseException:
                 self._teardown(rec, cgroup)
@@ -206,8 +215,10 @@ class Runtime:
         opts: CreateOptions,
         attached: bool,
         policy: CompiledPolicy | None = None,
+        overlay: Overlay | None = None,
     ) -> Launched:
         from pysandbox.oci.cgroups import CgroupError, stop_priming
+        from pysandbox.oci.overlay import Overlay, tmpfs_size
         from pysandbox.oci.rootfs import RootfsBuilder
         from pysandbox.oci.spawn import LaunchPlan, launch
 
@@ -264,6 +275,9 @@ class Runtime:
                     cgroup_mode=cgroup.mode,
                     in_userns=user_ns is not None,
                     new_cgroupns=bool(new_ns & k.CLONE_NEWCGROUP),
+                    overlay=overlay,
+                    overlay_size=tmpfs_size(overlay or Overlay("none"), _memory_limit(spec)),
+                    overlay_dir=rec.overlay_dir,
                 )
             uts = spec.linux.namespace("uts")
             plan = LaunchPlan(
@@ -401,6 +415,7 @@ class Runtime:
         if cgroup is not None:
             with contextlib.suppress(Exception):
                 cgroup.destroy()
+        _remove_overlay_dir(rec)
         with contextlib.suppress(OSError):
             self.store.remove(rec.id)
 
@@ -550,6 +565,7 @@ class Runtime:
                 cg.destroy()
             except Exception as e:
                 self.log.warning(f"removing cgroup {cg.path}: {e}")
+        _remove_overlay_dir(rec)
         if rec.status != CREATING:
             hooks = rec.hooks.get("poststop") or []
             if hooks:
@@ -616,6 +632,42 @@ PROFILE_ANNOTATION = "io.github.pysandbox.profile"
 SANDBOX_ENV = "PYSANDBOX_SANDBOX"
 DEFAULT_SANDBOX = SANDBOX_SENTRY
 DEFAULT_PROFILE = "default"
+
+
+OVERLAY_ANNOTATION = "io.github.pysandbox.overlay"
+OVERLAY_ENV = "PYSANDBOX_OVERLAY"
+
+
+def overlay_choice(flag: str | None, annotations: dict[str, str]) -> tuple[str, Overlay]:
+    """(text, parsed) --overlay for a new container: the command line, then the
+    annotation, then $PYSANDBOX_OVERLAY, then root:memory (as sandbox_choice)."""
+    from pysandbox.oci.overlay import DEFAULT_OVERLAY, OverlayError, parse_overlay
+
+    text = (
+        flag
+        or annotations.get(OVERLAY_ANNOTATION)
+        or os.environ.get(OVERLAY_ENV)
+        or DEFAULT_OVERLAY
+    )
+    try:
+        return text, parse_overlay(text)
+    except OverlayError as e:
+        raise RuntimeFailure(str(e)) from None
+
+
+def _memory_limit(spec: Spec) -> int | None:
+    resources = spec.linux.resources or {}
+    memory = resources.get("memory") or {}
+    limit = memory.get("limit")
+    return limit if isinstance(limit, int) and limit > 0 else None
+
+
+def _remove_overlay_dir(rec: ContainerRecord) -> None:
+    """root:dir's upper layer of this container (its mount namespace is gone)."""
+    if rec.overlay_dir:
+        import shutil
+
+        shutil.rmtree(rec.overlay_dir, ignore_errors=True)
 
 
 def sandbox_choice(

@@ -16,6 +16,7 @@ from collections.abc import Iterable, Sequence
 
 from pysandbox.oci import kernel as k
 from pysandbox.oci.log import RuntimeFailure
+from pysandbox.oci.overlay import Overlay, mount_overlay
 from pysandbox.oci.records import record
 
 TYPE_CHECKING = False
@@ -128,8 +129,15 @@ class RootfsBuilder:
         cgroup_mode: str,
         in_userns: bool,
         new_cgroupns: bool,
+        overlay: Overlay | None = None,
+        overlay_size: int = 0,
+        overlay_dir: str = "",
     ) -> None:
         self.spec = spec
+        # --overlay (oci/overlay.py): None or medium "none" writes the rootfs itself.
+        self.overlay = overlay
+        self.overlay_size = overlay_size
+        self.overlay_dir = overlay_dir
         # The real path: mount targets are checked against it after resolution,
         # and a bundle's rootfs may well be a symlink (shared image layers).
         self.rootfs = os.path.realpath(spec.root.path)
@@ -148,6 +156,12 @@ class RootfsBuilder:
         k.mount(None, "/", None, prop)
         self._make_parent_private()
         k.mount(self.rootfs, self.rootfs, "bind", k.MS_BIND | k.MS_REC)
+        if (
+            self.overlay is not None
+            and self.overlay.medium != "none"
+            and not self.spec.root.readonly  # nothing to protect: it is read-only
+        ):
+            mount_overlay(self.rootfs, self.overlay, self.overlay_size, self.overlay_dir)
         # The cgroup mount (and anything mounted beneath it) waits until init
         # has joined its cgroup and made its cgroup namespace: see spawn.launch.
         self._deferred: list[Mount] = []

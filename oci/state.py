@@ -82,6 +82,10 @@ class ContainerRecord:
     profile: str = ""
     sentry_pid: int = 0
     sentry_start: int = 0
+    # --overlay as chosen at create (oci/overlay.py); root:dir's per-container
+    # upper layer, which delete removes.
+    overlay: str = ""
+    overlay_dir: str = ""
 
     def to_json(self) -> str:
         return jsonio.dumps(as_dict(self))

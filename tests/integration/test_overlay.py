@@ -1,0 +1,141 @@
+"""--overlay in real containers: by default the workload's writes land in a
+size-limited memory layer and the bundle's rootfs is never written
+(oci/overlay.py); ``none`` is runc's behaviour."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from tests.conftest import Bundle, Runner, wait_for
+from tests.integration.helpers import fails
+
+
+def _tree(root: Path) -> dict[str, tuple[int, int, int]]:
+    """Every path of the rootfs with its size, mode and mtime (ns)."""
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            p = os.path.join(dirpath, name)
+            st = os.lstat(p)
+            out[os.path.relpath(p, root)] = (st.st_size, st.st_mode, st.st_mtime_ns)
+    return out
+
+
+def _writable(bundle: Bundle, script: str) -> None:
+    bundle.config["root"]["readonly"] = False
+    bundle.args("sh", "-c", script)
+
+
+# The file system type of the container's / (field 5 is the mount point; the
+# type follows the " - " separator).
+ROOT_FSTYPE = 'awk \'$5 == "/" { sub(/.* - /, ""); print $1 }\' /proc/self/mountinfo'
+WRITE = (
+    "echo hello > /newfile && cat /newfile && rm /bin/ls && echo gone > /etc/hostname"
+    f" && mkdir -p /var/made && {ROOT_FSTYPE}"
+)
+
+
+def test_default_writes_never_reach_the_rootfs(runtime: Runner, bundle: Bundle) -> None:
+    _writable(bundle, WRITE)
+    bundle.config["mounts"].append({"destination": "/newmnt", "type": "tmpfs", "source": "tmpfs"})
+    bundle.write()
+    before = _tree(bundle.rootfs)
+    res = runtime("run", "--bundle", str(bundle.path), "ov-default")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split() == ["hello", "overlay"]
+    # not one byte, mode or mtime of the bundle changed; the runtime's own
+    # mount point (/newmnt) was made in the upper layer too
+    assert _tree(bundle.rootfs) == before
+
+
+def test_none_writes_the_rootfs_as_runc_does(runtime: Runner, bundle: Bundle) -> None:
+    _writable(bundle, "echo hello > /newfile")
+    res = runtime("--overlay", "none", "run", "--bundle", str(bundle.path), "ov-none")
+    assert res.returncode == 0, res.stderr
+    assert (bundle.rootfs / "newfile").read_text() == "hello\n"
+
+
+def test_annotation_chooses_when_the_command_line_does_not(runtime: Runner, bundle: Bundle) -> None:
+    _writable(bundle, "echo hello > /newfile")
+    bundle.config["annotations"] = {"io.github.pysandbox.overlay": "none"}
+    bundle.write()
+    res = runtime("run", "--bundle", str(bundle.path), "ov-annot")
+    assert res.returncode == 0, res.stderr
+    assert (bundle.rootfs / "newfile").exists()
+
+
+def test_a_full_upper_layer_is_enospc(runtime: Runner, bundle: Bundle) -> None:
+    _writable(
+        bundle,
+        "dd if=/dev/zero of=/big bs=64k count=64 2>&1; echo rc=$?; df -k / | tail -1",
+    )
+    before = _tree(bundle.rootfs)
+    res = runtime(
+        "--overlay", "root:memory,size=1m", "run", "--bundle", str(bundle.path), "ov-full"
+    )
+    assert res.returncode == 0, res.stderr
+    assert "No space left on device" in res.stdout
+    assert "rc=1" in res.stdout
+    assert res.stdout.strip().splitlines()[-1].split()[1] == "1024"  # 1 MiB, not the host's
+    assert _tree(bundle.rootfs) == before
+
+
+def test_memory_limit_sizes_the_upper_layer(runtime: Runner, bundle: Bundle) -> None:
+    _writable(bundle, "df -k / | tail -1")
+    bundle.config["linux"]["resources"] = {"memory": {"limit": 64 << 20}}
+    bundle.write()
+    res = runtime("run", "--bundle", str(bundle.path), "ov-limit")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split()[1] == str(32 << 10)  # half the limit, in KiB
+
+
+def test_exec_sees_the_same_upper_layer(runtime: Runner, bundle: Bundle) -> None:
+    _writable(bundle, "echo from-init > /shared-note; sleep 30")
+    cid = "ov-exec"
+    assert runtime("run", "-d", "--bundle", str(bundle.path), cid).returncode == 0
+    try:
+        wait_for(lambda: runtime("exec", cid, "cat", "/shared-note").stdout == "from-init\n")
+        assert not (bundle.rootfs / "shared-note").exists()
+    finally:
+        runtime("delete", "-f", cid)
+
+
+def test_dir_upper_layer_lives_on_disk_until_delete(
+    runtime: Runner, bundle: Bundle, tmp_path: Path
+) -> None:
+    upper_root = tmp_path / "uppers"
+    _writable(bundle, "echo kept > /on-disk; sleep 30")
+    cid = "ov-dir"
+    flag = ("--overlay", f"root:dir={upper_root}")
+    assert runtime(*flag, "run", "-d", "--bundle", str(bundle.path), cid).returncode == 0
+    try:
+        note = upper_root / cid / "upper" / "on-disk"
+        wait_for(note.exists)
+        assert note.read_text() == "kept\n"
+        assert not (bundle.rootfs / "on-disk").exists()
+    finally:
+        assert runtime("delete", "-f", cid).returncode == 0
+    assert not (upper_root / cid).exists()
+
+
+def test_read_only_root_gets_no_overlay(runtime: Runner, bundle: Bundle) -> None:
+    bundle.config["root"]["readonly"] = True
+    bundle.args("sh", "-c", f"{ROOT_FSTYPE}; touch /x")
+    res = runtime("run", "--bundle", str(bundle.path), "ov-ro")
+    assert res.stdout.split()[0] != "overlay"
+    assert "Read-only file system" in res.stderr + res.stdout
+
+
+def test_invalid_overlay_is_refused_before_anything_exists(runtime: Runner, bundle: Bundle) -> None:
+    fails(
+        runtime,
+        "--overlay",
+        "root:disk",
+        "create",
+        "--bundle",
+        str(bundle.path),
+        "ov-bad",
+        msg="invalid overlay 'root:disk'",
+    )
+    assert not (runtime.root / "ov-bad").exists()
