@@ -183,6 +183,13 @@ def _write_id_maps(pid: int, uids: list[IdMapping], gids: list[IdMapping]) -> No
 
 def _stage1(plan: LaunchPlan, sock: sync.Channel) -> None:
     try:
+        # Not dumpable until the workload's execve (which makes it dumpable
+        # again): until then this process is the host's interpreter inside the
+        # container's pid namespace, and a dumpable one would let any process
+        # there with the same credentials open /proc/PID/exe (the host's
+        # python3), /proc/PID/mem or its fds: CVE-2019-5736's way out. Only
+        # CAP_SYS_PTRACE can reach a non-dumpable process.
+        k.prctl(k.PR_SET_DUMPABLE, 0)
         k.prctl(k.PR_SET_PDEATHSIG, k.SIGKILL)
         if os.getppid() == 1:
             os._exit(1)
