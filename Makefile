@@ -6,7 +6,7 @@ PY        := /usr/bin/python3
 VENV      := .venv
 VPY       := $(VENV)/bin/python
 BIN       := $(VENV)/bin/pysandbox
-APT_PKGS  := busybox-static runc crun runsc python3-venv libseccomp2 gcc libc6-dev iproute2 procps docker.io containerd podman iptables
+APT_PKGS  := busybox-static runc crun runsc python3-venv python3-dev libseccomp2 gcc libc6-dev iproute2 procps docker.io containerd podman iptables debootstrap
 STAMP_APT := $(VENV)/.apt-stamp
 STAMP_PIP := $(VENV)/.pip-stamp
 BUNDLE    := build/bundle
@@ -15,7 +15,7 @@ BUNDLE    := build/bundle
 
 all: setup
 
-$(STAMP_APT):
+$(STAMP_APT): Makefile
 	@mkdir -p $(VENV)
 	@missing=$$(for p in $(APT_PKGS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
