@@ -1054,3 +1054,133 @@ def pidfd_send_signal_info(pidfd: int, sig: int, info: bytes | None, flags: int 
             SYS_PIDFD_SEND_SIGNAL, ctypes.c_int(pidfd), ctypes.c_int(sig), buf, ctypes.c_uint(flags)
         )
     )
+
+
+# --- gofer ---------------------------------------------------------------------
+# Calls the gofer (gofer/server.py) makes per request, on its single thread.
+# The credential calls are raw syscalls on purpose: glibc's set*id wrappers
+# broadcast a change to every thread of the process, and the stdlib has no
+# setfsuid/setfsgid at all; the gofer switches only its own thread, per request.
+SYS_SETRESUID: Final = 117
+SYS_SETRESGID: Final = 119
+SYS_SETGROUPS: Final = 116
+SYS_SETFSUID: Final = 122
+SYS_SETFSGID: Final = 123
+SYS_UTIMENSAT: Final = 280
+SYS_RENAMEAT2: Final = 316
+AT_FDCWD: Final = -100
+AT_SYMLINK_NOFOLLOW: Final = 0x100
+AT_REMOVEDIR: Final = 0x200
+AT_SYMLINK_FOLLOW: Final = 0x400
+AT_EMPTY_PATH: Final = 0x1000
+RENAME_NOREPLACE: Final = 1 << 0
+RENAME_EXCHANGE: Final = 1 << 1
+RENAME_WHITEOUT: Final = 1 << 2
+UTIME_NOW: Final = (1 << 30) - 1
+UTIME_OMIT: Final = (1 << 30) - 2
+NGROUPS_MAX: Final = 65536
+_ID_UNCHANGED: Final = 0xFFFFFFFF  # (uid_t)-1: "leave this id as it is"
+# struct statfs (x86_64): f_type, f_bsize (long); f_blocks, f_bfree, f_bavail,
+# f_files, f_ffree (u64); f_fsid (int[2]); f_namelen, f_frsize, f_flags,
+# f_spare[4] (long). 120 bytes.
+STATFS: Final = _struct.Struct("=qq5Q2iqqq32x")
+_fstatfs = _libc.fstatfs
+_timespec2 = _struct.Struct("=qqqq")
+
+
+# struct open_how by (flags, mode, resolve), built once: the gofer asks with a
+# handful of combinations, and building one costs a third of the call. Never
+# mutated once made, so threads may share them; the cache is bounded.
+_open_hows: dict[tuple[int, int, int], object] = {}
+
+
+def openat2_bytes(dirfd: int, path: bytes, flags: int, mode: int = 0, resolve: int = 0) -> int:
+    """openat2(2) with a bytes path (any bytes but NUL, as the kernel takes them)."""
+    key = (flags, mode, resolve)
+    how = _open_hows.get(key)
+    if how is None:
+        how = ctypes.byref(_OpenHow(flags, mode, resolve))  # keeps the struct alive
+        if len(_open_hows) < 256:
+            _open_hows[key] = how
+    ret = _syscall(SYS_OPENAT2, dirfd, path, how, 24)
+    if ret < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), path)
+    return int(ret)
+
+
+def renameat2(olddirfd: int, old: bytes, newdirfd: int, new: bytes, flags: int = 0) -> None:
+    """renameat2(2): rename with RENAME_NOREPLACE / RENAME_EXCHANGE / RENAME_WHITEOUT."""
+    ret = _syscall(
+        SYS_RENAMEAT2,
+        ctypes.c_int(olddirfd),
+        old,
+        ctypes.c_int(newdirfd),
+        new,
+        ctypes.c_uint(flags),
+    )
+    _check_path(ret, os.fsdecode(old))
+
+
+def utimensat(dirfd: int, path: bytes, times: tuple[int, int, int, int] | None, flags: int) -> None:
+    """utimensat(2); ``times`` is (atime s, ns, mtime s, ns), ns may be UTIME_NOW/UTIME_OMIT;
+    None sets both to now."""
+    buf = ctypes.create_string_buffer(_timespec2.pack(*times), 32) if times is not None else None
+    ret = _syscall(SYS_UTIMENSAT, ctypes.c_int(dirfd), path, buf, ctypes.c_int(flags))
+    _check_path(ret, os.fsdecode(path))
+
+
+def fstatfs(fd: int) -> tuple[int, ...]:
+    """fstatfs(2) (works on O_PATH fds): the fields of STATFS in order."""
+    buf = ctypes.create_string_buffer(STATFS.size)
+    _check(_fstatfs(ctypes.c_int(fd), buf))
+    return STATFS.unpack(buf.raw)
+
+
+def setfsuid(uid: int) -> int:
+    """This thread's fsuid (raw setfsuid(2)); returns the previous one. The kernel
+    reports no error: pass _ID_UNCHANGED to read it back and compare."""
+    return int(_syscall(SYS_SETFSUID, ctypes.c_uint(uid)))
+
+
+def setfsgid(gid: int) -> int:
+    """This thread's fsgid (raw setfsgid(2)); returns the previous one."""
+    return int(_syscall(SYS_SETFSGID, ctypes.c_uint(gid)))
+
+
+def current_fsuid() -> int:
+    return int(_syscall(SYS_SETFSUID, ctypes.c_uint(_ID_UNCHANGED)))
+
+
+def current_fsgid() -> int:
+    return int(_syscall(SYS_SETFSGID, ctypes.c_uint(_ID_UNCHANGED)))
+
+
+def setgroups_thread(groups: tuple[int, ...]) -> None:
+    """This thread's supplementary groups (raw setgroups(2), no glibc broadcast)."""
+    arr = (ctypes.c_uint32 * max(len(groups), 1))(*groups)
+    _check(_syscall(SYS_SETGROUPS, ctypes.c_size_t(len(groups)), arr))
+
+
+def setresuid_thread(ruid: int, euid: int, suid: int) -> None:
+    """This thread's uids (raw setresuid(2)); -1 leaves one unchanged."""
+    _check(
+        _syscall(
+            SYS_SETRESUID,
+            ctypes.c_uint(ruid & _ID_UNCHANGED),
+            ctypes.c_uint(euid & _ID_UNCHANGED),
+            ctypes.c_uint(suid & _ID_UNCHANGED),
+        )
+    )
+
+
+def setresgid_thread(rgid: int, egid: int, sgid: int) -> None:
+    """This thread's gids (raw setresgid(2)); -1 leaves one unchanged."""
+    _check(
+        _syscall(
+            SYS_SETRESGID,
+            ctypes.c_uint(rgid & _ID_UNCHANGED),
+            ctypes.c_uint(egid & _ID_UNCHANGED),
+            ctypes.c_uint(sgid & _ID_UNCHANGED),
+        )
+    )

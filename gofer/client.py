@@ -1,0 +1,368 @@
+"""The sentry's side of the gofer protocol: one synchronous method per operation.
+
+Each method sends one request and waits for its reply (gofer/protocol.py). A
+failure comes back as ``OSError`` with the errno the gofer got from the
+kernel, acting with the caller's credentials, so the sentry can answer the
+workload with it unchanged. An fd in a reply is an int owned by the caller
+(close-on-exec); nothing here keeps or closes it.
+
+The client is safe to share between threads (one request in flight at a
+time, under a lock); a gofer that has gone away raises :class:`GoferGone`.
+"""
+
+from __future__ import annotations
+
+import _socket
+import _thread
+import array
+import errno
+import os
+
+from . import protocol as p
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Final
+
+    PathArg = str | bytes
+
+__all__ = ["GoferClient", "GoferGone"]
+
+_ANC_SPACE: Final = _socket.CMSG_SPACE(4 * 4)  # room for a few fds: extras are closed, not leaked
+_U32_MASK: Final = 0xFFFFFFFF
+_UNCHANGED: Final = 0xFFFFFFFF
+AT_SYMLINK_NOFOLLOW: Final = 0x100
+AT_SYMLINK_FOLLOW: Final = 0x400
+
+
+class GoferGone(OSError):
+    """The gofer closed its end (it exited or was killed): no file service any more."""
+
+    def __init__(self) -> None:
+        super().__init__(errno.EIO, "the gofer is gone")
+
+
+def _b(path: PathArg) -> bytes:
+    return path if isinstance(path, bytes) else os.fsencode(path)
+
+
+def _at(follow: bool) -> int:
+    return 0 if follow else AT_SYMLINK_NOFOLLOW
+
+
+class GoferClient:
+    """Talks to one gofer over ``sock`` (its end of the socketpair).
+
+    ``cred`` is used for every request that does not name its own
+    (``cred=...``); ``mount`` picks the mount source (0: the container's root).
+    """
+
+    def __init__(self, sock: _socket.socket, cred: p.Credentials) -> None:
+        self.sock = sock
+        self.cred = cred
+        self._buf = bytearray(p.MAX_REPLY + 1)
+        self._view = memoryview(self._buf)
+        self._next_id = 0
+        self._lock = _thread.allocate_lock()
+
+    def close(self) -> None:
+        self.sock.close()
+
+    # --- the exchange -------------------------------------------------------------
+
+    def _call(
+        self,
+        op: int,
+        args: tuple[int, ...],
+        strings: tuple[bytes, ...],
+        cred: p.Credentials | None,
+        mount: int,
+    ) -> tuple[bytes, int]:
+        """(result bytes, fd or -1); raises OSError with the gofer's errno."""
+        with self._lock:
+            self._next_id = rid = (self._next_id + 1) & _U32_MASK
+            request = p.encode_request(op, rid, cred or self.cred, args, strings, mount)
+            try:
+                self.sock.send(request)
+                n, anc, flags, _addr = self.sock.recvmsg_into(
+                    [self._buf], _ANC_SPACE, _socket.MSG_CMSG_CLOEXEC
+                )
+            except (BrokenPipeError, ConnectionResetError):
+                raise GoferGone() from None
+            fds = _fds(anc)
+            if n == 0:
+                _close(fds)
+                raise GoferGone()
+            if n < p.REPLY.size or flags & _socket.MSG_TRUNC:
+                _close(fds)
+                raise OSError(errno.EPROTO, "malformed reply from the gofer")
+            r_op, r_flags, _reserved, r_id, err = p.REPLY.unpack_from(self._buf)
+            result = bytes(self._view[p.REPLY.size : n])
+        if r_id != rid or r_op != op:
+            _close(fds)
+            raise OSError(errno.EPROTO, f"reply {r_id} (op {r_op}) to request {rid} (op {op})")
+        if err:
+            _close(fds)
+            raise OSError(err, os.strerror(err), strings[0] if strings else None)
+        if r_flags & p.REPLY_FD:
+            if len(fds) != 1:
+                _close(fds)
+                raise OSError(errno.EPROTO, "reply announced an fd and carried none")
+            return result, fds[0]
+        _close(fds)
+        return result, -1
+
+    def _fd(
+        self,
+        op: int,
+        args: tuple[int, ...],
+        strings: tuple[bytes, ...],
+        cred: p.Credentials | None,
+        mount: int,
+    ) -> int:
+        _result, fd = self._call(op, args, strings, cred, mount)
+        if fd < 0:
+            raise OSError(errno.EPROTO, "the gofer returned no fd")
+        return fd
+
+    # --- operations on an object ----------------------------------------------------
+
+    def stat(
+        self,
+        path: PathArg,
+        *,
+        follow: bool = True,
+        cred: p.Credentials | None = None,
+        mount: int = 0,
+    ) -> p.Stat:
+        result, _fd = self._call(p.OP_STAT, (_at(follow),), (_b(path),), cred, mount)
+        return p.Stat._make(p.STAT.unpack(result))
+
+    def walk(
+        self,
+        path: PathArg,
+        *,
+        follow: bool = True,
+        cred: p.Credentials | None = None,
+        mount: int = 0,
+    ) -> tuple[int, p.Stat]:
+        """An O_PATH fd of ``path`` (the caller's to close) and its stat."""
+        result, fd = self._call(p.OP_WALK, (_at(follow),), (_b(path),), cred, mount)
+        return fd, p.Stat._make(p.STAT.unpack(result))
+
+    def open(
+        self,
+        path: PathArg,
+        flags: int,
+        mode: int = 0,
+        *,
+        cred: p.Credentials | None = None,
+        mount: int = 0,
+    ) -> int:
+        """open(2) with these O_ flags (and mode, which the caller's umask has
+        already been applied to); the new fd is the caller's."""
+        return self._fd(p.OP_OPEN, (flags, mode), (_b(path),), cred, mount)
+
+    def chmod(
+        self,
+        path: PathArg,
+        mode: int,
+        *,
+        follow: bool = True,
+        cred: p.Credentials | None = None,
+        mount: int = 0,
+    ) -> None:
+        self._call(p.OP_CHMOD, (mode, _at(follow)), (_b(path),), cred, mount)
+
+    def chown(
+        self,
+        path: PathArg,
+        uid: int,
+        gid: int,
+        *,
+        follow: bool = True,
+        cred: p.Credentials | None = None,
+        mount: int = 0,
+    ) -> None:
+        """chown/lchown; -1 leaves that id unchanged."""
+        args = (uid & _UNCHANGED, gid & _UNCHANGED, _at(follow))
+        self._call(p.OP_CHOWN, args, (_b(path),), cred, mount)
+
+    def utimens(
+        self,
+        path: PathArg,
+        atime: tuple[int, int],
+        mtime: tuple[int, int],
+        *,
+        follow: bool = True,
+        cred: p.Credentials | None = None,
+        mount: int = 0,
+    ) -> None:
+        """utimensat: each time is (seconds, nanoseconds); nanoseconds may be
+        UTIME_NOW or UTIME_OMIT (pysandbox.oci.kernel)."""
+        args = (*atime, *mtime, _at(follow))
+        self._call(p.OP_UTIMENS, args, (_b(path),), cred, mount)
+
+    def truncate(
+        self, path: PathArg, length: int, *, cred: p.Credentials | None = None, mount: int = 0
+    ) -> None:
+        self._call(p.OP_TRUNCATE, (length,), (_b(path),), cred, mount)
+
+    def statfs(
+        self, path: PathArg, *, cred: p.Credentials | None = None, mount: int = 0
+    ) -> p.StatFS:
+        result, _fd = self._call(p.OP_STATFS, (), (_b(path),), cred, mount)
+        return p.StatFS._make(p.STATFS.unpack(result))
+
+    def getxattr(
+        self,
+        path: PathArg,
+        name: PathArg,
+        *,
+        follow: bool = True,
+        cred: p.Credentials | None = None,
+        mount: int = 0,
+    ) -> bytes:
+        result, _fd = self._call(p.OP_GETXATTR, (_at(follow),), (_b(path), _b(name)), cred, mount)
+        return result
+
+    def setxattr(
+        self,
+        path: PathArg,
+        name: PathArg,
+        value: bytes,
+        flags: int = 0,
+        *,
+        follow: bool = True,
+        cred: p.Credentials | None = None,
+        mount: int = 0,
+    ) -> None:
+        """``flags``: XATTR_CREATE (1) or XATTR_REPLACE (2), as setxattr(2)."""
+        strings = (_b(path), _b(name), value)
+        self._call(p.OP_SETXATTR, (flags, _at(follow)), strings, cred, mount)
+
+    def listxattr(
+        self,
+        path: PathArg,
+        *,
+        follow: bool = True,
+        cred: p.Credentials | None = None,
+        mount: int = 0,
+    ) -> list[bytes]:
+        result, _fd = self._call(p.OP_LISTXATTR, (_at(follow),), (_b(path),), cred, mount)
+        return result.split(b"\0")[:-1]
+
+    def removexattr(
+        self,
+        path: PathArg,
+        name: PathArg,
+        *,
+        follow: bool = True,
+        cred: p.Credentials | None = None,
+        mount: int = 0,
+    ) -> None:
+        self._call(p.OP_REMOVEXATTR, (_at(follow),), (_b(path), _b(name)), cred, mount)
+
+    def connect(
+        self,
+        path: PathArg,
+        kind: int = _socket.SOCK_STREAM,
+        *,
+        cred: p.Credentials | None = None,
+        mount: int = 0,
+    ) -> int:
+        """An AF_UNIX socket of ``kind`` (SOCK_NONBLOCK honoured) connected to the
+        socket at ``path``; its peer sees the caller's uid and gid."""
+        return self._fd(p.OP_CONNECT, (kind,), (_b(path),), cred, mount)
+
+    # --- operations on a name ----------------------------------------------------------
+
+    def mkdir(
+        self, path: PathArg, mode: int, *, cred: p.Credentials | None = None, mount: int = 0
+    ) -> None:
+        self._call(p.OP_MKDIR, (mode,), (_b(path),), cred, mount)
+
+    def mknod(
+        self,
+        path: PathArg,
+        mode: int,
+        dev: int = 0,
+        *,
+        cred: p.Credentials | None = None,
+        mount: int = 0,
+    ) -> None:
+        """FIFOs, sockets and regular files; device nodes are refused (EPERM)."""
+        self._call(p.OP_MKNOD, (mode, dev), (_b(path),), cred, mount)
+
+    def unlink(self, path: PathArg, *, cred: p.Credentials | None = None, mount: int = 0) -> None:
+        self._call(p.OP_UNLINK, (), (_b(path),), cred, mount)
+
+    def rmdir(self, path: PathArg, *, cred: p.Credentials | None = None, mount: int = 0) -> None:
+        self._call(p.OP_RMDIR, (), (_b(path),), cred, mount)
+
+    def rename(
+        self,
+        old: PathArg,
+        new: PathArg,
+        flags: int = 0,
+        *,
+        cred: p.Credentials | None = None,
+        mount: int = 0,
+    ) -> None:
+        """renameat2 (RENAME_NOREPLACE, RENAME_EXCHANGE, RENAME_WHITEOUT in ``flags``)."""
+        self._call(p.OP_RENAME, (flags,), (_b(old), _b(new)), cred, mount)
+
+    def link(
+        self,
+        old: PathArg,
+        new: PathArg,
+        *,
+        follow: bool = False,
+        cred: p.Credentials | None = None,
+        mount: int = 0,
+    ) -> None:
+        """linkat; ``follow`` is AT_SYMLINK_FOLLOW (link(2) itself does not follow)."""
+        flags = AT_SYMLINK_FOLLOW if follow else 0
+        self._call(p.OP_LINK, (flags,), (_b(old), _b(new)), cred, mount)
+
+    def symlink(
+        self,
+        target: PathArg,
+        path: PathArg,
+        *,
+        cred: p.Credentials | None = None,
+        mount: int = 0,
+    ) -> None:
+        self._call(p.OP_SYMLINK, (), (_b(target), _b(path)), cred, mount)
+
+    def readlink(
+        self, path: PathArg, *, cred: p.Credentials | None = None, mount: int = 0
+    ) -> bytes:
+        result, _fd = self._call(p.OP_READLINK, (), (_b(path),), cred, mount)
+        return result
+
+    def bind(
+        self,
+        path: PathArg,
+        kind: int = _socket.SOCK_STREAM,
+        umask: int = 0o022,
+        *,
+        cred: p.Credentials | None = None,
+        mount: int = 0,
+    ) -> int:
+        """An AF_UNIX socket of ``kind`` bound at ``path`` (mode 0777 & ~umask,
+        owned by the caller); the caller listens on it or sends from it."""
+        return self._fd(p.OP_BIND, (kind, umask), (_b(path),), cred, mount)
+
+
+def _fds(ancdata: list[tuple[int, int, bytes]]) -> list[int]:
+    fds = array.array("i")
+    for level, kind, data in ancdata:
+        if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
+            fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
+    return list(fds)
+
+
+def _close(fds: list[int]) -> None:
+    for fd in fds:
+        os.close(fd)

@@ -1,0 +1,462 @@
+"""Starting a gofer: fork a child that confines itself and serves a socketpair end.
+
+:func:`start` returns once the gofer is confined and serving (it reports so
+on the socketpair), with the other end for a :class:`~pysandbox.gofer.client.GoferClient`.
+The gofer exits when that end is closed (the sentry exited or died).
+
+What the confined gofer is left with (DESIGN.md rule 3), in the order
+:func:`_confine` applies it:
+
+1. **Its own pid namespace**, where it is pid 1 and alone: it can see and
+   signal no other process, and the procfs it mounts (``subset=pid``) holds
+   nothing but itself. It needs that /proc for ``/proc/self/fd/N``, the
+   race-free way to act on an fd it resolved (see gofer/server.py). From the
+   host only SIGKILL reaches it (the kernel shields a namespace's init).
+2. **Its own mount namespace** whose root is an empty read-only tmpfs
+   holding ``/root`` (the container's rootfs, bind-mounted, not recursively:
+   the gofer serves that one file system; the sentry maps other mounts to
+   the extra sources, ``/mounts/N``), that /proc, and nothing of the host.
+   The binds are ``nodev``: a device node in the rootfs cannot be opened
+   through the gofer (EACCES) until the sentry checks linux.devices.
+   ``readonly`` sources are bound read-only (EROFS, from the kernel).
+3. **Its own network namespace**: no interface but a down loopback.
+4. **Capabilities**: :data:`GOFER_CAPABILITIES` only (effective = permitted
+   = bounding), ambient and inheritable empty; no_new_privs; not dumpable.
+5. **seccomp**: :data:`ALLOWED` and :data:`CONSTRAINED`, anything else kills
+   the gofer (the action the sentry's own allowlist uses; see
+   sentry/confine.py for why KILL_PROCESS rather than an errno). The BPF is
+   compiled once per process (and kept in ``cache_dir`` when given).
+
+``confine=False`` skips all of that (the gofer then resolves in the host's
+namespaces): the tests use it to check that openat2 alone keeps every path
+inside the root, with a host file right outside to catch an escape.
+"""
+
+from __future__ import annotations
+
+import _socket
+import contextlib
+import errno
+import os
+import stat
+import time
+from typing import NamedTuple
+
+from pysandbox.oci import kernel
+from pysandbox.sentry.confine import DEFAULT_ACTION
+
+from .client import GoferClient
+from .protocol import Credentials
+from .server import (
+    CAP_CHOWN,
+    CAP_DAC_OVERRIDE,
+    CAP_DAC_READ_SEARCH,
+    CAP_FOWNER,
+    CAP_FSETID,
+    CAP_SETFCAP,
+    CAP_SETGID,
+    CAP_SETUID,
+    Server,
+)
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from types import TracebackType
+    from typing import Final
+
+__all__ = ["ALLOWED", "CONSTRAINED", "GOFER_CAPABILITIES", "Gofer", "MountSource", "start"]
+
+# Why each capability stays (the caller is lent the file ones per request, and
+# only those it holds itself: gofer/server.py, CredentialSwitch):
+# * CAP_CHOWN: chown for callers that hold it (root in the container).
+# * CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH: the permission bypass of callers that
+#   hold them; without them in the gofer, root in the container could not open
+#   a 0600 file of another user, as it can under runc.
+# * CAP_FOWNER: chmod, utimes, xattrs, sticky directories on others' files, for
+#   callers that hold it.
+# * CAP_FSETID: keeping setgid bits on chmod/chown, for callers that hold it.
+# * CAP_SETFCAP: security.capability xattrs (setcap, dpkg postinst scripts), for
+#   callers that hold it (docker's default set does).
+# * CAP_SETUID, CAP_SETGID: the gofer's own, never lent: setfsuid/setfsgid,
+#   setgroups and (for connect) setresuid/setresgid to take on a caller's ids.
+# Not kept: CAP_SYS_ADMIN (the mounts are made before the drop; trusted.*
+# xattrs are refused), CAP_MKNOD (device nodes are refused), CAP_SETPCAP (only
+# to shrink the bounding set, which happens before it goes), everything else.
+GOFER_CAPABILITIES: Final = frozenset(
+    {
+        CAP_CHOWN,
+        CAP_DAC_OVERRIDE,
+        CAP_DAC_READ_SEARCH,
+        CAP_FOWNER,
+        CAP_FSETID,
+        CAP_SETFCAP,
+        CAP_SETUID,
+        CAP_SETGID,
+    }
+)
+
+# Every call the gofer makes once confined, and why (x86_64 names): what
+# tests/integration/test_gofer.py makes it do under ``strace -ff``, plus the
+# other entry point glibc may use for the same call and malloc's calls.
+ALLOWED: Final[dict[str, str]] = {
+    # --- the loop
+    "recvmsg": "requests (recvmsg_into)",
+    "sendmsg": "replies with an fd (SCM_RIGHTS)",
+    "sendto": "replies without one (socket.send)",
+    "close": "fds the gofer opened and handed over",
+    "write": "the log (fd 2)",
+    # --- resolution and the operations
+    "openat2": "every lookup: RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS",
+    "newfstatat": 'stat, walk: os.fstat (glibc\'s fstat is fstatat(fd, "", AT_EMPTY_PATH))',
+    "fstat": "os.fstat on a glibc older than 2.33",
+    "fcntl": "open: F_SETFL to clear the gofer's own O_NONBLOCK",
+    "mkdirat": "mkdir",
+    "mknodat": "mknod (fifos, sockets, files: the gofer checks the type first)",
+    "unlinkat": "unlink, rmdir",
+    "renameat2": "rename",
+    "linkat": "link",
+    "symlinkat": "symlink",
+    "readlinkat": "readlink",
+    "chmod": "chmod through /proc/self/fd/N",
+    "fchmodat": "chmod's other entry point in glibc",
+    "chown": "chown through /proc/self/fd/N",
+    "fchownat": "chown's other entry point in glibc",
+    "utimensat": "utimens through /proc/self/fd/N",
+    "truncate": "truncate through /proc/self/fd/N",
+    "fstatfs": "statfs (O_PATH fds allowed)",
+    "getxattr": "getxattr through /proc/self/fd/N",
+    "setxattr": "setxattr through /proc/self/fd/N",
+    "listxattr": "listxattr through /proc/self/fd/N",
+    "removexattr": "removexattr through /proc/self/fd/N",
+    "bind": "bind of an AF_UNIX socket (socket() is constrained below)",
+    "connect": "connect of an AF_UNIX socket",
+    "fchdir": "bind: into the parent directory and back (bind takes no dirfd)",
+    "umask": "bind: the caller's umask decides the socket file's mode",
+    # --- credentials, per request
+    "setfsuid": "the caller's uid for permission checks",
+    "setfsgid": "the caller's gid",
+    "setgroups": "the caller's supplementary groups",
+    "setresuid": "connect: the caller's euid, which the peer's SO_PEERCRED reports",
+    "setresgid": "connect: the caller's egid",
+    "capset": "the caller's file capabilities (within the gofer's)",
+    "getuid": "connect: back to the gofer's own euid",
+    "getgid": "connect: back to the gofer's own egid",
+    # --- the CPython runtime and glibc (single-threaded, no signal handlers, no clock)
+    "brk": "malloc",
+    "munmap": "free of large blocks",
+    "mremap": "realloc of large blocks",
+    "madvise": "glibc returns freed memory",
+    "exit_group": "the gofer ends",
+}
+
+_PROT_EXEC: Final = 0x4
+_U32: Final = 0xFFFFFFFF
+_FIONBIO: Final = 0x5421
+_AF_UNIX: Final = 1
+Conditions = list[tuple[int, int, int]]
+# (name, why, alternatives): each alternative is a list of (arg index, mask,
+# value) that must all hold (arg & mask == value); any alternative allows.
+CONSTRAINED: Final[list[tuple[str, str, list[Conditions]]]] = [
+    ("socket", "AF_UNIX only (bind, connect)", [[(0, _U32, _AF_UNIX)]]),
+    ("ioctl", "FIONBIO only: socket.setblocking after connect", [[(1, _U32, _FIONBIO)]]),
+    ("mmap", "no executable mappings", [[(2, _PROT_EXEC, 0)]]),
+    ("mprotect", "no executable pages", [[(2, _PROT_EXEC, 0)]]),
+]
+_RET_ALLOW: Final = 0x7FFF0000
+
+_bpf_cache: list[bytes] = []
+
+
+def compile_allowlist(cache_dir: str | None = None) -> bytes:
+    """The gofer's seccomp program (classic BPF): compiled by libseccomp once per
+    process, and kept in ``cache_dir`` (keyed by the allowlist) when given."""
+    if _bpf_cache:
+        return _bpf_cache[0]
+    path = prog = None
+    if cache_dir is not None:
+        from pysandbox.oci.jsonio import sha256_hex
+        from pysandbox.oci.seccomp import read_cached_bpf
+
+        key = sha256_hex(repr((sorted(ALLOWED), CONSTRAINED, DEFAULT_ACTION)).encode())
+        path = os.path.join(cache_dir, f"gofer-allowlist-{key}.bpf")
+        prog = read_cached_bpf(path)
+    if prog is None:
+        prog = _compile()
+        if path is not None:
+            from pysandbox.oci.seccomp import write_cached_bpf
+
+            write_cached_bpf(path, prog)
+    _bpf_cache.append(prog)
+    return prog
+
+
+def _compile() -> bytes:
+    import tempfile
+
+    import pyseccomp
+
+    filt = pyseccomp.SyscallFilter(DEFAULT_ACTION)
+    filt.set_attr(pyseccomp.Attr.CTL_NNP, 0)  # set by us, with the other prctls
+    filt.set_attr(pyseccomp.Attr.ACT_BADARCH, DEFAULT_ACTION)
+    with contextlib.suppress(OSError):
+        filt.set_attr(pyseccomp.Attr.CTL_OPTIMIZE, 2)
+    for name in ALLOWED:
+        filt.add_rule(_RET_ALLOW, name)
+    for name, _why, alternatives in CONSTRAINED:
+        for alt in alternatives:
+            args = [pyseccomp.Arg(i, pyseccomp.MASKED_EQ, mask, value) for i, mask, value in alt]
+            filt.add_rule(_RET_ALLOW, name, *args)
+    with tempfile.TemporaryFile() as buf:
+        filt.export_bpf(buf)
+        buf.seek(0)
+        return buf.read()
+
+
+class MountSource(NamedTuple):
+    """An extra directory the gofer serves (a bind mount of the container), as mount N."""
+
+    path: str
+    readonly: bool = False
+
+
+class Gofer:
+    """A running gofer: its host pid, the client's end of the socketpair, and
+    what it reported when it started serving (its confinement)."""
+
+    def __init__(self, pid: int, sock: _socket.socket, report: str) -> None:
+        self.pid = pid
+        self.sock = sock
+        self.report = report
+        self.status: int | None = None
+
+    def client(self, cred: Credentials) -> GoferClient:
+        """A client on this gofer's socket (one gofer, one client: requests are serial)."""
+        return GoferClient(self.sock, cred)
+
+    def stop(self, timeout: float = 5.0) -> int:
+        """Hang up (the gofer exits on EOF), reap it; SIGKILL after ``timeout``.
+        Returns its wait status."""
+        if self.status is not None:
+            return self.status
+        self.sock.close()
+        deadline = time.monotonic() + timeout
+        while True:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                break
+            if time.monotonic() > deadline:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(self.pid, kernel.SIGKILL)
+                _pid, status = os.waitpid(self.pid, 0)
+                break
+            time.sleep(0.005)
+        self.status = status
+        return status
+
+    def __enter__(self) -> Gofer:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def start(
+    rootfs: str,
+    *,
+    mounts: Sequence[MountSource] = (),
+    readonly: bool = False,
+    confine: bool = True,
+    log_fd: int = 2,
+    cache_dir: str | None = None,
+    timeout: float = 10.0,
+    restore_after_request: bool = False,
+) -> Gofer:
+    """Fork a gofer serving ``rootfs`` (mount 0) and ``mounts`` (1..); return once
+    it serves. ``log_fd`` becomes its stderr (its log). ``restore_after_request``:
+    see gofer/server.py, "Credentials". Raises RuntimeError (after reaping it)
+    when it could not confine itself."""
+    for path in (rootfs, *(m.path for m in mounts)):
+        if not os.path.isdir(path):
+            raise NotADirectoryError(errno.ENOTDIR, "a gofer serves directories", path)
+    sources = [MountSource(rootfs, readonly), *mounts]
+    bpf = compile_allowlist(cache_dir) if confine else b""
+    ours, theirs = _socket.socketpair(
+        _socket.AF_UNIX, _socket.SOCK_SEQPACKET | _socket.SOCK_CLOEXEC
+    )
+    try:
+        pid = _fork(confine)
+    except BaseException:
+        ours.close()
+        theirs.close()
+        raise
+    if pid == 0:  # the gofer: never returns
+        code = 1
+        try:
+            server_options = {"restore_after_request": restore_after_request}
+            code = _main(theirs, ours, sources, confine, log_fd, bpf, server_options)
+        except BaseException as e:
+            with contextlib.suppress(Exception):
+                os.write(2, f"gofer: {type(e).__name__}: {e}\n".encode())
+        finally:
+            os._exit(code)
+    theirs.close()
+    gofer = Gofer(pid, ours, "")
+    try:
+        ours.settimeout(timeout)
+        msg = ours.recv(4096)
+        ours.settimeout(None)
+    except OSError as e:
+        gofer.stop(timeout=0)
+        raise RuntimeError(f"gofer did not start: {e}") from None
+    if not msg.startswith(b"R"):
+        gofer.stop()
+        why = msg[1:].decode(errors="replace") or f"exited, wait status {gofer.status}"
+        raise RuntimeError(f"gofer did not start: {why}")
+    gofer.report = msg[1:].decode(errors="replace")
+    return gofer
+
+
+def _fork(new_pid_namespace: bool) -> int:
+    """fork(), the child as pid 1 of a new pid namespace when asked. Only the
+    calling thread's namespace for children changes, and only until the fork."""
+    if not new_pid_namespace:
+        return os.fork()
+    ours = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        kernel.unshare(kernel.CLONE_NEWPID)
+        try:
+            pid = os.fork()
+        except BaseException:
+            kernel.setns(ours, kernel.CLONE_NEWPID)
+            raise
+        if pid:  # the parent: its next children are born where it lives again
+            kernel.setns(ours, kernel.CLONE_NEWPID)
+        return pid
+    finally:
+        os.close(ours)
+
+
+def _main(
+    sock: _socket.socket,
+    other_end: _socket.socket,
+    sources: Sequence[MountSource],
+    confine: bool,
+    log_fd: int,
+    bpf: bytes,
+    server_options: dict[str, bool],
+) -> int:
+    import gc
+
+    # Objects inherited from the parent may wrap fd numbers this process is about
+    # to close and reuse: they must never be finalised here.
+    gc.freeze()
+    other_end.detach()  # its number is closed below, with everything else
+    os.setsid()  # out of the caller's session: no terminal signals, no tty
+    kernel.set_name("gofer")
+    for sig in (
+        kernel.SIGINT,
+        kernel.SIGTERM,
+        kernel.SIGHUP,
+        kernel.SIGQUIT,
+        kernel.SIGUSR1,
+        kernel.SIGUSR2,
+        kernel.SIGPIPE,
+        kernel.SIGTSTP,
+        kernel.SIGTTIN,
+        kernel.SIGTTOU,
+    ):
+        kernel.ignore_signal(sig)
+    null = os.open("/dev/null", os.O_RDWR)
+    os.dup2(null, 0)
+    os.dup2(null, 1)
+    os.dup2(log_fd if log_fd >= 0 else null, 2)
+    keep = {0, 1, 2, sock.fileno()}
+    for name in os.listdir("/proc/self/fd"):
+        if int(name) not in keep:
+            with contextlib.suppress(OSError):
+                os.close(int(name))
+    try:
+        if confine:
+            roots = _confine(sources)
+            report = (
+                "gofer: confined: caps="
+                + ",".join(kernel.CAPABILITIES[c] for c in sorted(GOFER_CAPABILITIES))
+                + f" root={sources[0].path} mounts={len(sources) - 1}"
+                + f" seccomp={len(ALLOWED) + len(CONSTRAINED)}"
+                " calls, else kill_process"
+            )
+        else:
+            roots = [os.open(s.path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC) for s in sources]
+            report = f"gofer: unconfined: root={sources[0].path}"
+        server = Server(sock, roots, log_fd=2, **server_options)
+        if confine:
+            kernel.seccomp_load_bpf(bpf)  # last: it forbids mount, capset's raise, prctl
+    except BaseException as e:
+        with contextlib.suppress(OSError):
+            sock.send(b"E" + f"{type(e).__name__}: {e}".encode(errors="replace"))
+        raise
+    os.write(2, report.encode() + b"\n")
+    sock.send(b"R" + report.encode())
+    server.serve()
+    return 0
+
+
+def _confine(sources: Sequence[MountSource]) -> list[int]:
+    """Namespaces, private root, capabilities, no_new_privs (seccomp comes after the
+    server is built). Returns O_PATH fds of the sources' roots in the new root."""
+    k = kernel
+    k.unshare(k.CLONE_NEWNS | k.CLONE_NEWNET)
+    k.mount(None, "/", None, k.MS_REC | k.MS_PRIVATE)
+    with contextlib.suppress(OSError), open("/proc/self/oom_score_adj", "w") as f:
+        f.write("-999")  # the OOM killer should pick the workload, not its files
+    new_root = "/tmp"
+    hidden = k.MS_NOSUID | k.MS_NODEV | k.MS_NOEXEC
+    # Opened after the unshare (a bind source must be a mount of ours) and
+    # before the tmpfs, which would hide a source under /tmp.
+    fds = [os.open(s.path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC) for s in sources]
+    try:
+        k.mount(
+            "gofer-root", new_root, "tmpfs", k.MS_NOSUID | k.MS_NODEV | k.MS_NOEXEC, "mode=0555"
+        )
+        targets = ["/root", *(f"/mounts/{i}" for i in range(1, len(sources)))]
+        for source, fd, target in zip(sources, fds, targets, strict=True):
+            os.makedirs(new_root + target)
+            k.mount(f"/proc/self/fd/{fd}", new_root + target, None, k.MS_BIND)
+            flags = k.MS_REMOUNT | k.MS_BIND | k.MS_NODEV
+            k.mount(None, new_root + target, None, flags | (k.MS_RDONLY * source.readonly))
+    finally:
+        for fd in fds:
+            os.close(fd)
+    os.mkdir(new_root + "/proc")
+    k.mount("proc", new_root + "/proc", "proc", hidden | k.MS_RDONLY, "subset=pid")
+    os.mkdir(new_root + "/.old")
+    k.pivot_root(new_root, new_root + "/.old")
+    os.chdir("/")
+    k.umount2("/.old", k.MNT_DETACH)
+    os.rmdir("/.old")
+    k.mount(None, "/", None, k.MS_REMOUNT | k.MS_RDONLY | hidden)
+    roots = [os.open(t, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC) for t in targets]
+    for fd in roots:
+        if not stat.S_ISDIR(os.fstat(fd).st_mode):
+            raise NotADirectoryError(errno.ENOTDIR, "mount source is not a directory")
+    _drop_capabilities(GOFER_CAPABILITIES)
+    k.prctl(k.PR_SET_NO_NEW_PRIVS, 1)
+    k.prctl(k.PR_SET_DUMPABLE, 0)
+    return roots
+
+
+def _drop_capabilities(keep: frozenset[int]) -> None:
+    """Bounding set first (needs CAP_SETPCAP, which goes next), then the rest."""
+    k = kernel
+    for cap in range(k.cap_last_cap() + 1):
+        if cap not in keep:
+            k.prctl(k.PR_CAPBSET_DROP, cap)
+    k.prctl(k.PR_CAP_AMBIENT, k.PR_CAP_AMBIENT_CLEAR_ALL)
+    mask = sum(1 << c for c in keep)
+    k.capset(mask, mask, 0)
