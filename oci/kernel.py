@@ -1056,6 +1056,17 @@ def pidfd_send_signal_info(pidfd: int, sig: int, info: bytes | None, flags: int 
     )
 
 
+SYS_SCHED_GETAFFINITY: Final = 204
+
+
+def cpumask_size() -> int:
+    """What the raw sched_getaffinity returns for a large buffer: the kernel's
+    cpumask size in bytes (NR_CPUS or nr_cpu_ids bits, by kernel config),
+    which glibc's wrapper hides."""
+    buf = ctypes.create_string_buffer(1024)
+    return _check(_syscall(ctypes.c_long(SYS_SCHED_GETAFFINITY), 0, 1024, buf))
+
+
 # --- gofer ---------------------------------------------------------------------
 # Calls the gofer (gofer/server.py) makes per request, on its single thread.
 # The credential calls are raw syscalls on purpose: glibc's set*id wrappers

@@ -235,6 +235,7 @@ def _main(
     from pysandbox.syscalls.info import InfoConfig
     from pysandbox.syscalls.procfs import ContainerView, ProcHandlers
     from pysandbox.syscalls.routes import served_routes
+    from pysandbox.syscalls.sched import AffinityHandlers
 
     from .confine import Confinement
     from .loop import Sentry
@@ -306,7 +307,10 @@ def _main(
     tasks = TaskTable()
     tasks.exclude(os.getpid())
     sentry = Sentry(
-        build_routes(routing, served_routes(info, tasks, ProcHandlers(view))),
+        build_routes(
+            routing,
+            served_routes(info, tasks, ProcHandlers(view), AffinityHandlers(view, tasks)),
+        ),
         names=names,
         argc=argc,
         strace=strace,

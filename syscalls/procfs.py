@@ -24,6 +24,9 @@ What each file shows:
   other lines unchanged.
 * uptime: time since the sentry started (the container's creation), as
   gVisor reports the sandbox's uptime; idle time scaled to N CPUs.
+* /sys/devices/system/cpu/online: those N CPUs (glibc's get_nprocs, and so
+  sysconf(_SC_NPROCESSORS_ONLN) and Python's os.cpu_count, count it);
+  sched_getaffinity is cut the same way (syscalls/sched.py).
 
 /proc/loadavg stays the host's (the kernel keeps no per-cgroup load), as
 under gVisor; /proc/self/mountinfo and the gofer's full /proc come with the
@@ -123,16 +126,31 @@ def _limit(text: str | None) -> int | None:
     return None if value <= 0 or value >= _UNLIMITED else value
 
 
-def cpuset_size(text: str) -> int:
-    """How many CPUs a cpuset list ("0-3,6") names."""
-    n = 0
+def cpu_list(text: str) -> list[int]:
+    """The CPUs a kernel CPU list ("0-3,6") names."""
+    cpus: list[int] = []
     for part in text.split(","):
         part = part.strip()
-        if not part:
-            continue
-        lo, _, hi = part.partition("-")
-        n += int(hi or lo) - int(lo) + 1
-    return n
+        if part:
+            lo, _, hi = part.partition("-")
+            cpus.extend(range(int(lo), int(hi or lo) + 1))
+    return cpus
+
+
+def cpuset_size(text: str) -> int:
+    """How many CPUs a cpuset list ("0-3,6") names."""
+    return len(cpu_list(text))
+
+
+def format_cpu_list(cpus: list[int]) -> str:
+    """The kernel's form of a CPU list: [0, 1, 2, 5] -> "0-2,5"."""
+    parts: list[str] = []
+    for cpu in sorted(cpus):
+        if parts and cpu == int(parts[-1].rpartition("-")[2]) + 1:
+            parts[-1] = f"{parts[-1].partition('-')[0]}-{cpu}"
+        else:
+            parts.append(str(cpu))
+    return ",".join(parts)
 
 
 class ContainerView:
@@ -159,6 +177,16 @@ class ContainerView:
         if memsw is None or mem is None:
             return None
         return max(0, memsw - mem)
+
+    def cpu_ids(self, host_online: list[int]) -> list[int]:
+        """The CPUs shown to the container: its cpuset (or the host's online
+        CPUs), cut to :meth:`cpus` of them."""
+        cpuset = _read(self.files.get("cpuset"))
+        try:
+            allowed = cpu_list(cpuset) if cpuset else list(host_online)
+        except ValueError:
+            allowed = list(host_online)
+        return sorted(allowed)[: self.cpus(len(host_online) or 1)]
 
     def cpus(self, host_cpus: int) -> int:
         """CPUs the container can use: cpuset size, quota rounded up, host count."""
@@ -272,21 +300,38 @@ def render_uptime(host: str, started: float, now: float, ncpu: int, host_cpus: i
 
 # --- the handlers ----------------------------------------------------------------
 
-VIRTUAL_FILES: Final = ("/proc/meminfo", "/proc/cpuinfo", "/proc/stat", "/proc/uptime")
+VIRTUAL_FILES: Final = (
+    "/proc/meminfo",
+    "/proc/cpuinfo",
+    "/proc/stat",
+    "/proc/uptime",
+    "/sys/devices/system/cpu/online",
+)
 
 
 class ProcHandlers:
     """open/openat of :data:`VIRTUAL_FILES` served from :class:`ContainerView`."""
 
-    def __init__(self, view: ContainerView, host_proc: str = "/proc") -> None:
+    def __init__(
+        self, view: ContainerView, host_proc: str = "/proc", host_sys: str = "/sys"
+    ) -> None:
         self.view = view
         self.host_proc = host_proc
         self.host_cpus = os.cpu_count() or 1
+        # Read now: the confined sentry cannot read /sys/devices/system/cpu.
+        try:
+            with open(os.path.join(host_sys, "devices/system/cpu/online")) as f:
+                self.host_online = cpu_list(f.read())
+        except (OSError, ValueError):
+            self.host_online = list(range(self.host_cpus))
         self.renderers: dict[bytes, Callable[[], str]] = {
             b"/proc/meminfo": self.meminfo,
             b"/proc/cpuinfo": self.cpuinfo,
             b"/proc/stat": self.stat,
             b"/proc/uptime": self.uptime,
+            # glibc's get_nprocs (sysconf(_SC_NPROCESSORS_ONLN), Python's
+            # os.cpu_count) counts this list
+            b"/sys/devices/system/cpu/online": self.cpu_online,
         }
 
     def routes(self) -> dict[int, Handler]:
@@ -307,6 +352,9 @@ class ProcHandlers:
 
     def stat(self) -> str:
         return render_stat(self._host("stat"), self.view.cpus(self.host_cpus))
+
+    def cpu_online(self) -> str:
+        return format_cpu_list(self.view.cpu_ids(self.host_online)) + "\n"
 
     def uptime(self) -> str:
         now = time.clock_gettime(time.CLOCK_BOOTTIME)

@@ -14,19 +14,24 @@ from pysandbox.sentry.tasks import TaskTable
 from . import ioctl, process, signal
 from .info import InfoConfig, InfoHandlers
 from .procfs import ProcHandlers
+from .sched import AffinityHandlers
 
 __all__ = ["served_routes"]
 
 
 def served_routes(
-    info: InfoConfig, tasks: TaskTable | None = None, proc: ProcHandlers | None = None
+    info: InfoConfig,
+    tasks: TaskTable | None = None,
+    proc: ProcHandlers | None = None,
+    affinity: AffinityHandlers | None = None,
 ) -> dict[int, Handler]:
     """{syscall number: handler} for everything pysandbox serves today.
 
     ``tasks``: the container's task table (the sentry calls ``set_init`` and
     ``exclude`` on it); without one, a table that judges from each caller.
-    ``proc``: the virtual /proc files (open/openat); without it those calls
-    are not served here.
+    ``proc``: the virtual /proc files (open/openat); ``affinity``:
+    sched_getaffinity cut to the CPU limit; without them those calls are not
+    served here.
     """
     if tasks is None:
         tasks = TaskTable()
@@ -37,4 +42,6 @@ def served_routes(
     routes.update(ioctl.routes())
     if proc is not None:
         routes.update(proc.routes())
+    if affinity is not None:
+        routes.update(affinity.routes())
     return routes

@@ -5,8 +5,14 @@ sentry (as under runc) the same commands show the host's figures."""
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+from pathlib import Path
 from typing import Any
 
+import pytest
+
+from pysandbox.oci import kernel
 from tests.conftest import Bundle, Runner
 
 LIMITS = {"memory": {"limit": 64 << 20}, "cpu": {"quota": 50000, "period": 100000}}
@@ -80,3 +86,82 @@ def test_cgroup_v2_container_without_controllers(runtime: Runner, bundle: Bundle
     out = _run(runtime, bundle, "procfs-v2", {}, env={"PYSANDBOX_CGROUP_MODE": "v2"})
     assert out["MemTotal"] == [str(_host_kb("MemTotal")), "kB"]
     assert out["cpus"] == [str(os.cpu_count())]
+
+
+AFFINITY_C = r"""
+#define _GNU_SOURCE
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+static void probe(const char *name, long pid, long len) {
+    unsigned char mask[128];
+    memset(mask, 0xff, sizeof mask);
+    errno = 0;
+    long r = syscall(SYS_sched_getaffinity, pid, len, mask);
+    printf("%s %ld %s %02x\n", name, r, r < 0 ? strerrorname_np(errno) : "-", mask[0]);
+}
+
+int main(void) {
+    probe("self", 0, 128);
+    probe("pid1", 1, 128);
+    probe("exact", 0, 8);
+    probe("short", 0, 4);
+    probe("unaligned", 0, 12);
+    probe("nosuch", 99999, 128);
+    probe("negative", -5, 128);
+    return 0;
+}
+"""
+
+
+def _affinity_probe(bundle: Bundle, tmp_path: Path) -> None:
+    if shutil.which("gcc") is None:
+        pytest.fail("gcc is needed to build the static probe")
+    src = tmp_path / "affinity.c"
+    src.write_text(AFFINITY_C)
+    out = bundle.rootfs / "affinity"
+    subprocess.run(["gcc", "-static", "-O1", "-w", "-o", str(out), str(src)], check=True)
+
+
+def _lines(res: subprocess.CompletedProcess[str]) -> list[str]:
+    assert res.returncode == 0, res.stderr
+    return res.stdout.splitlines()
+
+
+def test_sched_getaffinity_answers_as_linux_does(
+    runtime: Runner, bundle: Bundle, tmp_path: Path
+) -> None:
+    # Without a CPU limit the sentry's answer is the kernel's, byte for byte.
+    _affinity_probe(bundle, tmp_path)
+    bundle.args("/affinity")
+    ours = _lines(runtime("run", "--bundle", str(bundle.path), "aff-ours"))
+    theirs = _lines(runtime("--sandbox", "none", "run", "--bundle", str(bundle.path), "aff-none"))
+    assert ours == theirs
+    full = f"{(1 << (os.cpu_count() or 1)) - 1:02x}"
+    size = kernel.cpumask_size()  # what the raw call returns: the kernel's mask size
+    assert ours == [
+        f"self {min(128, size)} - {full}",
+        f"pid1 {min(128, size)} - {full}",
+        f"exact 8 - {full}",
+        "short -1 EINVAL ff",
+        "unaligned -1 EINVAL ff",
+        "nosuch -1 ESRCH ff",
+        "negative -1 ESRCH ff",
+    ]
+
+
+def test_a_cpu_quota_narrows_the_affinity(runtime: Runner, bundle: Bundle, tmp_path: Path) -> None:
+    _affinity_probe(bundle, tmp_path)
+    bundle.config["linux"]["resources"] = LIMITS
+    bundle.args("sh", "-c", "/affinity | head -1; nproc; cat /sys/devices/system/cpu/online")
+    assert _lines(runtime("run", "--bundle", str(bundle.path), "aff-quota")) == [
+        f"self {min(128, kernel.cpumask_size())} - 01",
+        "1",
+        "0",
+    ]
+    # runc's view: every host CPU, whatever the quota
+    res = runtime("--sandbox", "none", "run", "--bundle", str(bundle.path), "aff-quota-none")
+    assert _lines(res)[1] == str(os.cpu_count())

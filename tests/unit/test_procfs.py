@@ -112,3 +112,26 @@ def test_resource_files_name_the_controllers_files() -> None:
     assert v1["cpuset"] == "/s/c/cpuset.cpus"
     v2 = procfs.resource_files("v2", {"unified": "/u/c"})
     assert v2["memory.limit"] == "/u/c/memory.max" and v2["cpu.max"] == "/u/c/cpu.max"
+
+
+def test_cpu_lists() -> None:
+    assert procfs.cpu_list("0-2,5") == [0, 1, 2, 5]
+    assert procfs.format_cpu_list([5, 0, 1, 2]) == "0-2,5"
+    assert procfs.format_cpu_list([3]) == "3"
+    assert procfs.format_cpu_list([0, 2, 4]) == "0,2,4"
+
+
+def test_cpu_ids_follow_the_cpuset_then_the_quota(tmp_path: Path) -> None:
+    v = _view(tmp_path, cpuset="2-3", cpu_quota="50000", cpu_period="100000")
+    assert v.cpu_ids([0, 1, 2, 3]) == [2]
+    unlimited = procfs.ContainerView({}, started=0.0)
+    assert unlimited.cpu_ids([0, 1]) == [0, 1]
+
+
+def test_affinity_masks() -> None:
+    from pysandbox.syscalls import sched
+
+    assert sched.nr_cpu_ids("0-3,6") == 7
+    assert sched.nr_cpu_ids("0") == 1
+    assert sched.mask_bytes([0, 1], 8) == b"\x03" + bytes(7)
+    assert sched.mask_bytes([9], 8) == b"\x00\x02" + bytes(6)
