@@ -139,3 +139,45 @@ def test_invalid_overlay_is_refused_before_anything_exists(runtime: Runner, bund
         msg="invalid overlay 'root:disk'",
     )
     assert not (runtime.root / "ov-bad").exists()
+
+
+def test_dir_upper_layer_of_a_failed_create_is_removed(
+    runtime: Runner, bundle: Bundle, tmp_path: Path
+) -> None:
+    upper_root = tmp_path / "uppers"
+    bundle.config["root"]["readonly"] = False
+    bundle.config["hooks"] = {"prestart": [{"path": "/bin/sh", "args": ["sh", "-c", "exit 3"]}]}
+    bundle.args("sleep", "30")
+    fails(
+        runtime,
+        "--overlay",
+        f"root:dir={upper_root}",
+        "create",
+        "--bundle",
+        str(bundle.path),
+        "ov-dir-failed",
+        msg="prestart",
+    )
+    assert not (upper_root / "ov-dir-failed").exists()
+    assert not (runtime.root / "ov-dir-failed").exists()
+
+
+def test_dir_upper_layer_of_a_killed_create_goes_with_delete(
+    runtime: Runner, bundle: Bundle, tmp_path: Path
+) -> None:
+    # A createRuntime hook SIGKILLs create mid-way: delete must find the layer.
+    upper_root = tmp_path / "uppers"
+    cid = "ov-dir-killed"
+    bundle.config["root"]["readonly"] = False
+    bundle.config["hooks"] = {
+        "createRuntime": [
+            {"path": "/bin/sh", "args": ["sh", "-c", "cat >/dev/null; kill -9 $PPID"]}
+        ]
+    }
+    bundle.args("sleep", "30")
+    flag = ("--overlay", f"root:dir={upper_root}")
+    res = runtime(*flag, "create", "--bundle", str(bundle.path), cid)
+    assert res.returncode == -9, (res.returncode, res.stderr)
+    assert (upper_root / cid).exists()
+    assert runtime("delete", "-f", cid).returncode == 0
+    assert not (upper_root / cid).exists()
