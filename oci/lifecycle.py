@@ -384,6 +384,7 @@ class Runtime:
             debug_log=service.debug_log_path(self.debug_log, rec.id, state_dir),
             resource_files=tuple(sorted(resource_files(cgroup.mode, dirs).items())),
             cgroup_roots=roots,
+            masked_paths=tuple(spec.linux.masked_paths),
         )
         pid, sock = service.start(state_dir, policy.routing, options)
         rec.sentry_pid = pid

@@ -95,6 +95,8 @@ class SentryOptions:
     # cgroup hierarchies the confined sentry may read (the limits' files are
     # made after the sentry confines itself)
     cgroup_roots: tuple[str, ...] = ()
+    # the spec's maskedPaths: the sentry serves none of them
+    masked_paths: tuple[str, ...] = ()
 
 
 def debug_log_path(pattern: str, container_id: str, state_dir: str) -> str:
@@ -309,7 +311,12 @@ def _main(
     sentry = Sentry(
         build_routes(
             routing,
-            served_routes(info, tasks, ProcHandlers(view), AffinityHandlers(view, tasks)),
+            served_routes(
+                info,
+                tasks,
+                ProcHandlers(view, masked=options.masked_paths),
+                AffinityHandlers(view, tasks),
+            ),
         ),
         names=names,
         argc=argc,

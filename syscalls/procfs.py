@@ -313,7 +313,11 @@ class ProcHandlers:
     """open/openat of :data:`VIRTUAL_FILES` served from :class:`ContainerView`."""
 
     def __init__(
-        self, view: ContainerView, host_proc: str = "/proc", host_sys: str = "/sys"
+        self,
+        view: ContainerView,
+        host_proc: str = "/proc",
+        host_sys: str = "/sys",
+        masked: tuple[str, ...] = (),
     ) -> None:
         self.view = view
         self.host_proc = host_proc
@@ -333,6 +337,12 @@ class ProcHandlers:
             # os.cpu_count) counts this list
             b"/sys/devices/system/cpu/online": self.cpu_online,
         }
+        # maskedPaths stay masked: a masked file (or one below a masked
+        # directory) is left to the kernel, which opens the mask.
+        for path in list(self.renderers):
+            text = path.decode()
+            if any(text == m or text.startswith(m.rstrip("/") + "/") for m in masked):
+                del self.renderers[path]
 
     def routes(self) -> dict[int, Handler]:
         return {kernel.SYS_OPEN: self.open, kernel.SYS_OPENAT: self.openat}

@@ -165,3 +165,18 @@ def test_a_cpu_quota_narrows_the_affinity(runtime: Runner, bundle: Bundle, tmp_p
     # runc's view: every host CPU, whatever the quota
     res = runtime("--sandbox", "none", "run", "--bundle", str(bundle.path), "aff-quota-none")
     assert _lines(res)[1] == str(os.cpu_count())
+
+
+def test_masked_paths_stay_masked(runtime: Runner, bundle: Bundle) -> None:
+    # A masked /proc file is the mask's (empty), not the sentry's rendering.
+    bundle.config["linux"]["maskedPaths"] = [
+        *bundle.config["linux"].get("maskedPaths", []),
+        "/proc/meminfo",
+        "/sys/devices/system/cpu",
+    ]
+    bundle.args("sh", "-c", "wc -c < /proc/meminfo; cat /sys/devices/system/cpu/online; echo end")
+    res = runtime("run", "--bundle", str(bundle.path), "procfs-masked")
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.split()
+    assert lines[0] == "0"
+    assert lines[-1] == "end" and len(lines) == 2, res.stdout  # the directory is masked: no file
