@@ -43,7 +43,7 @@ import time
 from typing import NamedTuple
 
 from pysandbox.oci import kernel
-from pysandbox.sentry.confine import DEFAULT_ACTION
+from pysandbox.sentry.confine import DEFAULT_ACTION, drop_capabilities
 
 from .client import GoferClient
 from .protocol import Credentials
@@ -445,18 +445,7 @@ def _confine(sources: Sequence[MountSource]) -> list[int]:
     for fd in roots:
         if not stat.S_ISDIR(os.fstat(fd).st_mode):
             raise NotADirectoryError(errno.ENOTDIR, "mount source is not a directory")
-    _drop_capabilities(GOFER_CAPABILITIES)
+    drop_capabilities(GOFER_CAPABILITIES)
     k.prctl(k.PR_SET_NO_NEW_PRIVS, 1)
     k.prctl(k.PR_SET_DUMPABLE, 0)
     return roots
-
-
-def _drop_capabilities(keep: frozenset[int]) -> None:
-    """Bounding set first (needs CAP_SETPCAP, which goes next), then the rest."""
-    k = kernel
-    for cap in range(k.cap_last_cap() + 1):
-        if cap not in keep:
-            k.prctl(k.PR_CAPBSET_DROP, cap)
-    k.prctl(k.PR_CAP_AMBIENT, k.PR_CAP_AMBIENT_CLEAR_ALL)
-    mask = sum(1 << c for c in keep)
-    k.capset(mask, mask, 0)

@@ -69,6 +69,7 @@ __all__ = [
     "Confinement",
     "ConfinementReport",
     "confine",
+    "drop_capabilities",
 ]
 
 CAP_DAC_READ_SEARCH: Final = 2
@@ -417,7 +418,7 @@ class Confinement:
             allowed_paths = self._private_root()  # needs CAP_SYS_ADMIN: before the drop
             fs_status = "private read-only root"
         try:
-            kept, missing, bounding = self._drop_capabilities()
+            kept, missing, bounding = drop_capabilities(self.keep_caps)
             kernel.prctl(kernel.PR_SET_NO_NEW_PRIVS, 1)
             kernel.prctl(kernel.PR_SET_DUMPABLE, 0)
             if ruleset >= 0:
@@ -514,29 +515,32 @@ class Confinement:
             raise
         return ruleset, "landlock (prepared)", tuple(allowed)
 
-    def _drop_capabilities(self) -> tuple[set[int], set[int], bool]:
-        """(kept, asked for but missing, bounding set dropped)."""
-        _eff, perm, _inh = kernel.capget()
-        last = kernel.cap_last_cap()
-        keep = {c for c in self.keep_caps if 0 <= c <= last}
-        kept = {c for c in keep if perm >> c & 1}
-        missing = keep - kept
-        # The bounding set first: dropping from it needs CAP_SETPCAP, which goes next.
-        bounding = True
-        for cap in range(last + 1):
-            if cap in keep:
-                continue
-            try:
-                kernel.prctl(kernel.PR_CAPBSET_DROP, cap)
-            except OSError as e:
-                if e.errno != errno.EPERM:
-                    raise
-                bounding = False  # no CAP_SETPCAP: moot without execve, which seccomp refuses
-                break
-        kernel.prctl(kernel.PR_CAP_AMBIENT, kernel.PR_CAP_AMBIENT_CLEAR_ALL)
-        mask = sum(1 << c for c in kept)
-        kernel.capset(mask, mask, 0)
-        return kept, missing, bounding
+
+def drop_capabilities(keep_caps: Iterable[int]) -> tuple[set[int], set[int], bool]:
+    """Keep only ``keep_caps`` (effective = permitted; inheritable and ambient
+    empty), dropping the rest of the bounding set first. Returns (kept, asked
+    for but missing, bounding set dropped). The sentry's and the gofer's."""
+    _eff, perm, _inh = kernel.capget()
+    last = kernel.cap_last_cap()
+    keep = {c for c in keep_caps if 0 <= c <= last}
+    kept = {c for c in keep if perm >> c & 1}
+    missing = keep - kept
+    # The bounding set first: dropping from it needs CAP_SETPCAP, which goes next.
+    bounding = True
+    for cap in range(last + 1):
+        if cap in keep:
+            continue
+        try:
+            kernel.prctl(kernel.PR_CAPBSET_DROP, cap)
+        except OSError as e:
+            if e.errno != errno.EPERM:
+                raise
+            bounding = False  # no CAP_SETPCAP: moot without execve, which seccomp refuses
+            break
+    kernel.prctl(kernel.PR_CAP_AMBIENT, kernel.PR_CAP_AMBIENT_CLEAR_ALL)
+    mask = sum(1 << c for c in kept)
+    kernel.capset(mask, mask, 0)
+    return kept, missing, bounding
 
 
 def confine(
