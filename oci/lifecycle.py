@@ -816,29 +816,47 @@ def kill_sentry(rec: ContainerRecord, state_dir: str, timeout: float = 5.0) -> N
     sentry forks it after create has saved the state)."""
     if not rec.sentry_pid:
         return
-    _kill_pinned(rec.sentry_pid, rec.sentry_start, timeout)
-    from pysandbox.sentry.service import read_watchdog
+    pidfds: list[int] = []
+    try:
+        # The sentry first: the watchdog's pid is read after it can no longer
+        # fork one. Both exits are then waited for together.
+        _kill_pinned(rec.sentry_pid, rec.sentry_start, pidfds)
+        from pysandbox.sentry.service import read_watchdog
 
-    watchdog = read_watchdog(state_dir)
-    if watchdog is not None:
-        _kill_pinned(*watchdog, timeout)
+        watchdog = read_watchdog(state_dir)
+        if watchdog is not None:
+            _kill_pinned(*watchdog, pidfds)
+        deadline = time.monotonic() + timeout
+        waiting = list(pidfds)
+        while waiting:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            ready, _w, _x = select.select(waiting, [], [], left)  # readable once exited
+            waiting = [fd for fd in waiting if fd not in ready]
+    finally:
+        for fd in pidfds:
+            os.close(fd)
 
 
-def _kill_pinned(pid: int, start: int, timeout: float) -> None:
-    """SIGKILL ``pid`` and wait for it to exit, if it is still the process that
-    started at ``start`` (a pidfd pins it, so the check cannot race a reuse)."""
+def _kill_pinned(pid: int, start: int, pidfds: list[int]) -> None:
+    """SIGKILL ``pid`` if it is still the process that started at ``start`` (a
+    pidfd pins it, so the check cannot race a reuse); its pidfd goes to
+    ``pidfds`` (the caller's to wait on and close)."""
     try:
         pidfd = os.pidfd_open(pid)
     except OSError:
         return  # gone (or reaped) already
     try:
-        if process_start_time(pid) != start:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            k.pidfd_send_signal(pidfd, k.SIGKILL)
-        select.select([pidfd], [], [], timeout)  # readable once it has exited
-    finally:
+        same = process_start_time(pid) == start
+    except OSError:
+        same = False  # gone between the two calls
+    if not same:
         os.close(pidfd)
+        return
+    pidfds.append(pidfd)
+    with contextlib.suppress(ProcessLookupError):
+        k.pidfd_send_signal(pidfd, k.SIGKILL)
 
 
 _FORWARDED = (k.SIGINT, k.SIGTERM, k.SIGHUP, k.SIGQUIT, k.SIGUSR1, k.SIGUSR2, k.SIGWINCH)
