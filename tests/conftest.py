@@ -240,3 +240,18 @@ def wait_for(predicate: Any, timeout: float = 10.0, interval: float = 0.02) -> A
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout}s")
         time.sleep(interval)
+
+
+@pytest.fixture
+def traversable(tmp_path: Path) -> Iterator[None]:
+    """Let other uids (the container's mapped root) walk down to the bundle:
+    pytest makes its base directory 0700."""
+    changed: list[tuple[Path, int]] = []
+    for d in [tmp_path, *tmp_path.parents]:
+        mode = d.stat().st_mode & 0o7777
+        if mode & 0o001 == 0:
+            changed.append((d, mode))
+            d.chmod(mode | 0o011)
+    yield
+    for d, mode in changed:
+        d.chmod(mode)

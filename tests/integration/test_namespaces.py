@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -71,21 +70,6 @@ def test_network_namespace_has_only_lo_up(runtime: Runner, bundle: Bundle, cid: 
     names = out.split()
     assert names[:-1] == ["lo"]
     assert names[-1] in ("unknown", "up")
-
-
-@pytest.fixture
-def traversable(tmp_path: Path) -> Iterator[None]:
-    """Let other uids (the container's mapped root) walk down to the bundle:
-    pytest makes its base directory 0700."""
-    changed: list[tuple[Path, int]] = []
-    for d in [tmp_path, *tmp_path.parents]:
-        mode = d.stat().st_mode & 0o7777
-        if mode & 0o001 == 0:
-            changed.append((d, mode))
-            d.chmod(mode | 0o011)
-    yield
-    for d, mode in changed:
-        d.chmod(mode)
 
 
 @pytest.mark.usefixtures("traversable")

@@ -7,6 +7,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import Bundle, Runner, wait_for
 from tests.integration.helpers import fails
 
@@ -181,3 +183,22 @@ def test_dir_upper_layer_of_a_killed_create_goes_with_delete(
     assert (upper_root / cid).exists()
     assert runtime("delete", "-f", cid).returncode == 0
     assert not (upper_root / cid).exists()
+
+
+@pytest.mark.usefixtures("traversable")
+def test_overlay_in_a_user_namespace(runtime: Runner, bundle: Bundle) -> None:
+    # The image belongs to the mapped root, as podman and docker --userns-remap
+    # prepare it; the overlay is made inside the container's user namespace.
+    for dirpath, dirnames, filenames in os.walk(bundle.rootfs):
+        for name in [*dirnames, *filenames, "."]:
+            os.chown(os.path.join(dirpath, name), 100000, 100000, follow_symlinks=False)
+    cfg = bundle.config
+    cfg["linux"]["namespaces"].append({"type": "user"})
+    cfg["linux"]["uidMappings"] = [{"containerID": 0, "hostID": 100000, "size": 65536}]
+    cfg["linux"]["gidMappings"] = [{"containerID": 0, "hostID": 100000, "size": 65536}]
+    _writable(bundle, f"echo hello > /newfile && cat /newfile && {ROOT_FSTYPE} && id -u")
+    before = _tree(bundle.rootfs)
+    res = runtime("run", "--bundle", str(bundle.path), "ov-userns")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split() == ["hello", "overlay", "0"]
+    assert _tree(bundle.rootfs) == before
