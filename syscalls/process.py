@@ -30,6 +30,7 @@ from pysandbox.oci import kernel
 from pysandbox.sentry.loop import CONTINUE, Call, Errno, Handler, Result
 from pysandbox.sentry.tasks import TaskTable
 from pysandbox.syscalls.args import s32 as _s32
+from pysandbox.syscalls.args import target_task
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -239,11 +240,8 @@ class ProcessHandlers:
         pid, res = _s32(call.args[0]), call.args[1] & _U32
         new_addr, old_addr = call.args[2], call.args[3]
         new = self._read_rlimit(call, new_addr) if new_addr else None
-        if pid < 0:
-            return _ESRCH
-        target = call.pid if pid == 0 else self.tasks.lookup(call.pid, pid)
+        target = target_task(call, self.tasks, pid)
         if target is None:
-            call.verify()  # the translation used the caller's namespace
             return _ESRCH
         if target != call.pid and not self._may_prlimit(call, target):
             return _EPERM

@@ -25,7 +25,7 @@ from pysandbox.oci import kernel
 from pysandbox.sentry.loop import Call, Errno, Handler, Result
 from pysandbox.sentry.tasks import TaskTable
 
-from .args import s32
+from .args import s32, target_task
 from .procfs import ContainerView, cpu_list
 
 TYPE_CHECKING = False
@@ -81,11 +81,8 @@ class AffinityHandlers:
         pid, length, addr = s32(call.args[0]), call.args[1] & 0xFFFFFFFF, call.args[2]
         if length * 8 < self.nr_cpu_ids or length & (_LONG - 1):
             return _EINVAL
-        if pid < 0:
-            return _ESRCH
-        target = call.pid if pid == 0 else self.tasks.lookup(call.pid, pid)
+        target = target_task(call, self.tasks, pid)
         if target is None:
-            call.verify()  # the translation used the caller's namespace
             return _ESRCH
         try:
             real = os.sched_getaffinity(target)

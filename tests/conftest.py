@@ -255,3 +255,11 @@ def traversable(tmp_path: Path) -> Iterator[None]:
     yield
     for d, mode in changed:
         d.chmod(mode)
+
+
+def give_to_mapped_root(rootfs: Path, host_id: int = 100000) -> None:
+    """Make the image belong to a user namespace's root mapped to ``host_id``,
+    as podman and docker --userns-remap prepare it."""
+    for dirpath, dirnames, filenames in os.walk(rootfs):
+        for name in [*dirnames, *filenames, "."]:
+            os.chown(os.path.join(dirpath, name), host_id, host_id, follow_symlinks=False)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Bundle, Runner, wait_for
+from tests.conftest import Bundle, Runner, give_to_mapped_root, wait_for
 from tests.integration.inside import SPECS, host_ns, mountinfo, ns_inode, run_sh
 
 NS_FILES = {
@@ -78,9 +78,7 @@ def test_user_namespace_mappings(runtime: Runner, bundle: Bundle, cid: str, tmp_
     shared.mkdir()
     shared.chmod(0o777)
     # as podman and docker --userns-remap do: the image belongs to the mapped root
-    for dirpath, dirnames, filenames in os.walk(bundle.rootfs):
-        for name in [*dirnames, *filenames, "."]:
-            os.chown(os.path.join(dirpath, name), 100000, 100000, follow_symlinks=False)
+    give_to_mapped_root(bundle.rootfs)
     cfg = bundle.config
     cfg["linux"]["namespaces"].append({"type": "user"})
     cfg["linux"]["uidMappings"] = [{"containerID": 0, "hostID": 100000, "size": 65536}]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Bundle, Runner, wait_for
+from tests.conftest import Bundle, Runner, give_to_mapped_root, wait_for
 from tests.integration.helpers import fails
 
 
@@ -189,9 +189,7 @@ def test_dir_upper_layer_of_a_killed_create_goes_with_delete(
 def test_overlay_in_a_user_namespace(runtime: Runner, bundle: Bundle) -> None:
     # The image belongs to the mapped root, as podman and docker --userns-remap
     # prepare it; the overlay is made inside the container's user namespace.
-    for dirpath, dirnames, filenames in os.walk(bundle.rootfs):
-        for name in [*dirnames, *filenames, "."]:
-            os.chown(os.path.join(dirpath, name), 100000, 100000, follow_symlinks=False)
+    give_to_mapped_root(bundle.rootfs)
     cfg = bundle.config
     cfg["linux"]["namespaces"].append({"type": "user"})
     cfg["linux"]["uidMappings"] = [{"containerID": 0, "hostID": 100000, "size": 65536}]
