@@ -191,13 +191,12 @@ class Runtime:
                 sandbox=sandbox,
                 profile=profile if policy is not None else "",
                 overlay=overlay_text,
-                overlay_dir=(os.path.join(overlay.path, cid) if overlay.medium == "dir" else ""),
             )
             try:
                 self.store.save(rec, partial=True)
-                if rec.overlay_dir:
-                    os.makedirs(overlay.path, mode=0o700, exist_ok=True)
-                    os.mkdir(rec.overlay_dir, 0o700)
+                if overlay.medium == "dir":
+                    rec.overlay_dir = _make_overlay_dir(overlay.path, cid)
+                    self.store.save(rec, partial=True)  # delete must find it
                 return self._create_in(
                     state_dir, rec, spec, cgroup, seccomp, opts, attached, policy, overlay
                 )
@@ -218,7 +217,7 @@ class Runtime:
         overlay: Overlay | None = None,
     ) -> Launched:
         from pysandbox.oci.cgroups import CgroupError, stop_priming
-        from pysandbox.oci.overlay import Overlay, tmpfs_size
+        from pysandbox.oci.overlay import tmpfs_size
         from pysandbox.oci.rootfs import RootfsBuilder
         from pysandbox.oci.spawn import LaunchPlan, launch
 
@@ -276,7 +275,11 @@ class Runtime:
                     in_userns=user_ns is not None,
                     new_cgroupns=bool(new_ns & k.CLONE_NEWCGROUP),
                     overlay=overlay,
-                    overlay_size=tmpfs_size(overlay or Overlay("none"), _memory_limit(spec)),
+                    overlay_size=(
+                        tmpfs_size(overlay, _memory_limit(spec))
+                        if overlay is not None and overlay.medium == "memory"
+                        else 0
+                    ),
                     overlay_dir=rec.overlay_dir,
                 )
             uts = spec.linux.namespace("uts")
@@ -641,19 +644,37 @@ OVERLAY_ENV = "PYSANDBOX_OVERLAY"
 
 def overlay_choice(flag: str | None, annotations: dict[str, str]) -> tuple[str, Overlay]:
     """(text, parsed) --overlay for a new container: the command line, then the
-    annotation, then $PYSANDBOX_OVERLAY, then root:memory (as sandbox_choice)."""
+    annotation, then $PYSANDBOX_OVERLAY, then root:memory (as sandbox_choice).
+
+    An annotation comes with the container (a pod spec, an image's labels), so
+    it may not name a host directory: root:dir only from the command line or
+    the environment, which are the administrator's."""
     from pysandbox.oci.overlay import DEFAULT_OVERLAY, OverlayError, parse_overlay
 
-    text = (
-        flag
-        or annotations.get(OVERLAY_ANNOTATION)
-        or os.environ.get(OVERLAY_ENV)
-        or DEFAULT_OVERLAY
-    )
+    annotated = annotations.get(OVERLAY_ANNOTATION)
+    text = flag or annotated or os.environ.get(OVERLAY_ENV) or DEFAULT_OVERLAY
     try:
-        return text, parse_overlay(text)
+        overlay = parse_overlay(text)
     except OverlayError as e:
         raise RuntimeFailure(str(e)) from None
+    if not flag and text == annotated and overlay.medium == "dir":
+        raise RuntimeFailure(
+            f"the {OVERLAY_ANNOTATION} annotation may not choose root:dir"
+            " (a host directory): use --overlay or $PYSANDBOX_OVERLAY"
+        )
+    return text, overlay
+
+
+def _make_overlay_dir(parent: str, cid: str) -> str:
+    """root:dir's layer for this container, made here and nowhere else: a path
+    that already exists is refused, so delete only ever removes our own."""
+    path = os.path.join(parent, cid)
+    os.makedirs(parent, mode=0o700, exist_ok=True)
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        raise RuntimeFailure(f"overlay directory {path} already exists") from None
+    return path
 
 
 def _memory_limit(spec: Spec) -> int | None:

@@ -200,3 +200,44 @@ def test_overlay_in_a_user_namespace(runtime: Runner, bundle: Bundle) -> None:
     assert res.returncode == 0, res.stderr
     assert res.stdout.split() == ["hello", "overlay", "0"]
     assert _tree(bundle.rootfs) == before
+
+
+def test_annotation_may_not_name_a_host_directory(
+    runtime: Runner, bundle: Bundle, tmp_path: Path
+) -> None:
+    # A pod spec or an image chooses annotations; a host path is the admin's.
+    target = tmp_path / "victim"
+    bundle.config["annotations"] = {"io.github.pysandbox.overlay": f"root:dir={target}"}
+    bundle.write()
+    fails(
+        runtime,
+        "create",
+        "--bundle",
+        str(bundle.path),
+        "ov-annot-dir",
+        msg="may not choose root:dir",
+    )
+    assert not target.exists()
+    assert not (runtime.root / "ov-annot-dir").exists()
+
+
+def test_an_existing_directory_is_refused_and_kept(
+    runtime: Runner, bundle: Bundle, tmp_path: Path
+) -> None:
+    upper_root = tmp_path / "uppers"
+    keep = upper_root / "ov-dir-exists" / "precious"
+    keep.parent.mkdir(parents=True)
+    keep.write_text("mine\n")
+    bundle.config["root"]["readonly"] = False
+    bundle.write()
+    fails(
+        runtime,
+        "--overlay",
+        f"root:dir={upper_root}",
+        "create",
+        "--bundle",
+        str(bundle.path),
+        "ov-dir-exists",
+        msg="already exists",
+    )
+    assert keep.read_text() == "mine\n"  # create's clean-up removed nothing of it
