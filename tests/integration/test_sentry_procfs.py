@@ -117,13 +117,38 @@ int main(void) {
 """
 
 
-def _affinity_probe(bundle: Bundle, tmp_path: Path) -> None:
+def _affinity_probe(bundle: Bundle, tmp_path: Path, name: str = "affinity") -> None:
     if shutil.which("gcc") is None:
         pytest.fail("gcc is needed to build the static probe")
-    src = tmp_path / "affinity.c"
-    src.write_text(AFFINITY_C)
-    out = bundle.rootfs / "affinity"
+    src = tmp_path / f"{name}.c"
+    src.write_text({"affinity": AFFINITY_C, "largefile": LARGEFILE_C}[name])
+    out = bundle.rootfs / name
     subprocess.run(["gcc", "-static", "-O1", "-w", "-o", str(out), str(src)], check=True)
+
+
+# openat with the kernel's O_LARGEFILE, as 32-bit-minded code passes it raw.
+LARGEFILE_C = r"""
+#include <fcntl.h>
+#include <stdio.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+int main(void) {
+    char buf[64] = {0};
+    int fd = syscall(SYS_openat, AT_FDCWD, "/proc/meminfo", O_RDONLY | 0100000);
+    if (fd < 0 || read(fd, buf, 30) < 0) return 1;
+    printf("%s\n", buf);
+    return 0;
+}
+"""
+
+
+def test_open_with_o_largefile_is_served(runtime: Runner, bundle: Bundle, tmp_path: Path) -> None:
+    _affinity_probe(bundle, tmp_path, "largefile")
+    bundle.config["linux"]["resources"] = LIMITS
+    bundle.args("/largefile")
+    assert _lines(runtime("run", "--bundle", str(bundle.path), "procfs-largefile"))[0].split()[
+        :2
+    ] == ["MemTotal:", "65536"]
 
 
 def _lines(res: subprocess.CompletedProcess[str]) -> list[str]:
