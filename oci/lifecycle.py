@@ -169,6 +169,10 @@ class Runtime:
                 raise RuntimeFailure(str(e)) from None
         sandbox, profile = sandbox_choice(self.sandbox, self.profile, spec.annotations)
         overlay_text, overlay = overlay_choice(self.overlay, spec.annotations)
+        if overlay.medium == "dir" and spec.linux.namespace("user") is not None:
+            # The layer is made by host root; a user namespace's root could
+            # not write it. Not done yet rather than done wrong.
+            raise RuntimeFailure("--overlay root:dir is not supported with a user namespace")
         policy = None
         if sandbox == SANDBOX_SENTRY:
             policy = compile_policy(profile, self.store.root)

@@ -241,3 +241,23 @@ def test_an_existing_directory_is_refused_and_kept(
         msg="already exists",
     )
     assert keep.read_text() == "mine\n"  # create's clean-up removed nothing of it
+
+
+def test_dir_upper_layer_with_a_user_namespace_is_refused(
+    runtime: Runner, bundle: Bundle, tmp_path: Path
+) -> None:
+    bundle.config["linux"]["namespaces"].append({"type": "user"})
+    bundle.config["linux"]["uidMappings"] = [{"containerID": 0, "hostID": 100000, "size": 1}]
+    bundle.config["linux"]["gidMappings"] = [{"containerID": 0, "hostID": 100000, "size": 1}]
+    bundle.write()
+    fails(
+        runtime,
+        "--overlay",
+        f"root:dir={tmp_path / 'uppers'}",
+        "create",
+        "--bundle",
+        str(bundle.path),
+        "ov-dir-userns",
+        msg="not supported with a user namespace",
+    )
+    assert not (tmp_path / "uppers").exists()
