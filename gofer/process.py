@@ -43,7 +43,7 @@ import time
 from typing import NamedTuple
 
 from pysandbox.oci import kernel
-from pysandbox.sentry.confine import DEFAULT_ACTION, drop_capabilities
+from pysandbox.sentry.confine import DEFAULT_ACTION, drop_capabilities, pivot_into
 
 from .client import GoferClient
 from .protocol import Credentials
@@ -435,12 +435,7 @@ def _confine(sources: Sequence[MountSource]) -> list[int]:
             os.close(fd)
     os.mkdir(new_root + "/proc")
     k.mount("proc", new_root + "/proc", "proc", hidden | k.MS_RDONLY, "subset=pid")
-    os.mkdir(new_root + "/.old")
-    k.pivot_root(new_root, new_root + "/.old")
-    os.chdir("/")
-    k.umount2("/.old", k.MNT_DETACH)
-    os.rmdir("/.old")
-    k.mount(None, "/", None, k.MS_REMOUNT | k.MS_RDONLY | hidden)
+    pivot_into(new_root)
     roots = [os.open(t, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC) for t in targets]
     for fd in roots:
         if not stat.S_ISDIR(os.fstat(fd).st_mode):

@@ -70,6 +70,7 @@ __all__ = [
     "ConfinementReport",
     "confine",
     "drop_capabilities",
+    "pivot_into",
 ]
 
 CAP_DAC_READ_SEARCH: Final = 2
@@ -482,12 +483,7 @@ class Confinement:
         finally:
             for _path, fd in sources:
                 os.close(fd)
-        os.mkdir(new_root + "/.old")
-        k.pivot_root(new_root, new_root + "/.old")
-        os.chdir("/")
-        k.umount2("/.old", k.MNT_DETACH)
-        os.rmdir("/.old")
-        k.mount(None, "/", None, k.MS_REMOUNT | k.MS_RDONLY | hidden)
+        pivot_into(new_root)
         return tuple(path for path, _fd in sources)
 
     def _landlock_ruleset(self, abi: int) -> tuple[int, str, tuple[str, ...]]:
@@ -514,6 +510,20 @@ class Confinement:
             os.close(ruleset)
             raise
         return ruleset, "landlock (prepared)", tuple(allowed)
+
+
+def pivot_into(new_root: str) -> None:
+    """Make ``new_root`` (a mount of a private mount namespace) the root, detach
+    the old one, and make the new root read-only, nosuid, nodev, noexec. The
+    sentry's and the gofer's."""
+    k = kernel
+    os.mkdir(new_root + "/.old")
+    k.pivot_root(new_root, new_root + "/.old")
+    os.chdir("/")
+    k.umount2("/.old", k.MNT_DETACH)
+    os.rmdir("/.old")
+    flags = k.MS_REMOUNT | k.MS_RDONLY | k.MS_NOSUID | k.MS_NODEV | k.MS_NOEXEC
+    k.mount(None, "/", None, flags)
 
 
 def drop_capabilities(keep_caps: Iterable[int]) -> tuple[set[int], set[int], bool]:
