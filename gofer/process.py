@@ -276,36 +276,52 @@ def start(
     cache_dir: str | None = None,
     timeout: float = 10.0,
     restore_after_request: bool = False,
+    mount_ns_of: int | None = None,
 ) -> Gofer:
     """Fork a gofer serving ``rootfs`` (mount 0) and ``mounts`` (1..); return once
     it serves. ``log_fd`` becomes its stderr (its log). ``restore_after_request``:
-    see gofer/server.py, "Credentials". Raises RuntimeError (after reaping it)
-    when it could not confine itself."""
-    for path in (rootfs, *(m.path for m in mounts)):
-        if not os.path.isdir(path):
-            raise NotADirectoryError(errno.ENOTDIR, "a gofer serves directories", path)
+    see gofer/server.py, "Credentials". ``mount_ns_of``: a container's init (host
+    pid); the gofer joins its mount namespace first, so the paths name what the
+    workload sees (its overlay root, ``"/"``, and its binds), not the bundle.
+    Raises RuntimeError (after reaping it) when it could not confine itself."""
+    mnt_ns = -1
+    if mount_ns_of is not None:
+        mnt_ns = os.open(f"/proc/{mount_ns_of}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+    else:
+        for path in (rootfs, *(m.path for m in mounts)):
+            if not os.path.isdir(path):
+                raise NotADirectoryError(errno.ENOTDIR, "a gofer serves directories", path)
     sources = [MountSource(rootfs, readonly), *mounts]
-    bpf = compile_allowlist(cache_dir) if confine else b""
-    ours, theirs = _socket.socketpair(
-        _socket.AF_UNIX, _socket.SOCK_SEQPACKET | _socket.SOCK_CLOEXEC
-    )
+    try:
+        bpf = compile_allowlist(cache_dir) if confine else b""
+        ours, theirs = _socket.socketpair(
+            _socket.AF_UNIX, _socket.SOCK_SEQPACKET | _socket.SOCK_CLOEXEC
+        )
+    except BaseException:
+        if mnt_ns >= 0:
+            os.close(mnt_ns)
+        raise
     try:
         pid = _fork(confine)
     except BaseException:
         ours.close()
         theirs.close()
+        if mnt_ns >= 0:
+            os.close(mnt_ns)
         raise
     if pid == 0:  # the gofer: never returns
         code = 1
         try:
             server_options = {"restore_after_request": restore_after_request}
-            code = _main(theirs, ours, sources, confine, log_fd, bpf, server_options)
+            code = _main(theirs, ours, sources, confine, log_fd, bpf, server_options, mnt_ns)
         except BaseException as e:
             with contextlib.suppress(Exception):
                 os.write(2, f"gofer: {type(e).__name__}: {e}\n".encode())
         finally:
             os._exit(code)
     theirs.close()
+    if mnt_ns >= 0:
+        os.close(mnt_ns)
     gofer = Gofer(pid, ours, "")
     try:
         ours.settimeout(timeout)
@@ -350,6 +366,7 @@ def _main(
     log_fd: int,
     bpf: bytes,
     server_options: dict[str, bool],
+    mnt_ns: int = -1,
 ) -> int:
     import gc
 
@@ -376,12 +393,23 @@ def _main(
     os.dup2(null, 0)
     os.dup2(null, 1)
     os.dup2(log_fd if log_fd >= 0 else null, 2)
-    keep = {0, 1, 2, sock.fileno()}
+    keep = {0, 1, 2, sock.fileno(), mnt_ns}
     for name in os.listdir("/proc/self/fd"):
         if int(name) not in keep:
             with contextlib.suppress(OSError):
                 os.close(int(name))
     try:
+        if mnt_ns >= 0:
+            # Into the container's mount namespace (root and cwd become its
+            # root) while still privileged; the sources are its paths now.
+            kernel.setns(mnt_ns, kernel.CLONE_NEWNS)
+            os.close(mnt_ns)
+            # The container's /proc belongs to its pid namespace, where this
+            # process is not: /proc/self would not resolve. A private copy of
+            # the namespace gets a procfs of our own over it.
+            kernel.unshare(kernel.CLONE_NEWNS)
+            kernel.mount(None, "/", None, kernel.MS_REC | kernel.MS_PRIVATE)
+            kernel.mount("proc", "/proc", "proc", kernel.MS_NOSUID | kernel.MS_NODEV, "subset=pid")
         if confine:
             roots = _confine(sources)
             report = (
