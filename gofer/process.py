@@ -43,11 +43,7 @@ import time
 from typing import NamedTuple
 
 from pysandbox.oci import kernel
-from pysandbox.sentry.confine import DEFAULT_ACTION, drop_capabilities, pivot_into
-
-from .client import GoferClient
-from .protocol import Credentials
-from .server import (
+from pysandbox.oci.kernel import (
     CAP_CHOWN,
     CAP_DAC_OVERRIDE,
     CAP_DAC_READ_SEARCH,
@@ -56,8 +52,12 @@ from .server import (
     CAP_SETFCAP,
     CAP_SETGID,
     CAP_SETUID,
-    Server,
 )
+from pysandbox.sentry.confine import DEFAULT_ACTION, drop_capabilities, pivot_into
+
+from .client import GoferClient
+from .protocol import Credentials
+from .server import Server
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

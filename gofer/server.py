@@ -70,6 +70,14 @@ import stat
 import struct
 
 from pysandbox.oci import kernel
+from pysandbox.oci.kernel import (
+    CAP_CHOWN,
+    CAP_DAC_OVERRIDE,
+    CAP_DAC_READ_SEARCH,
+    CAP_FOWNER,
+    CAP_FSETID,
+    CAP_SETFCAP,
+)
 
 from . import protocol as p
 
@@ -116,14 +124,6 @@ _UNCHANGED: Final = 0xFFFFFFFF
 _NSEC_MAX: Final = 999_999_999
 _I32: Final = struct.Struct("<i")
 
-CAP_CHOWN: Final = 0
-CAP_DAC_OVERRIDE: Final = 1
-CAP_DAC_READ_SEARCH: Final = 2
-CAP_FOWNER: Final = 3
-CAP_FSETID: Final = 4
-CAP_SETGID: Final = 6
-CAP_SETUID: Final = 7
-CAP_SETFCAP: Final = 31
 # The capabilities a caller may be lent for one request (if it has them and the
 # gofer does): those the kernel consults for file operations. CAP_SETUID and
 # CAP_SETGID are the gofer's own, for switching; never a caller's.

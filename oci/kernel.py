@@ -92,6 +92,20 @@ PR_CAP_AMBIENT_RAISE: Final = 2
 PR_CAP_AMBIENT_CLEAR_ALL: Final = 4
 
 # --- capabilities ------------------------------------------------------------
+# The numbers the runtime's own code names (the full list is CAPABILITIES).
+CAP_CHOWN: Final = 0
+CAP_DAC_OVERRIDE: Final = 1
+CAP_DAC_READ_SEARCH: Final = 2
+CAP_FOWNER: Final = 3
+CAP_FSETID: Final = 4
+CAP_KILL: Final = 5
+CAP_SETGID: Final = 6
+CAP_SETUID: Final = 7
+CAP_SETPCAP: Final = 8
+CAP_SYS_PTRACE: Final = 19
+CAP_SYS_ADMIN: Final = 21
+CAP_SYS_RESOURCE: Final = 24
+CAP_SETFCAP: Final = 31
 CAPABILITIES: Final[tuple[str, ...]] = (
     "CAP_CHOWN",
     "CAP_DAC_OVERRIDE",
@@ -1173,25 +1187,16 @@ def setgroups_thread(groups: tuple[int, ...]) -> None:
     _check(_syscall(SYS_SETGROUPS, ctypes.c_size_t(len(groups)), arr))
 
 
+def _setres_thread(nr: int, real: int, effective: int, saved: int) -> None:
+    ids = (ctypes.c_uint(i & _ID_UNCHANGED) for i in (real, effective, saved))
+    _check(_syscall(nr, *ids))
+
+
 def setresuid_thread(ruid: int, euid: int, suid: int) -> None:
     """This thread's uids (raw setresuid(2)); -1 leaves one unchanged."""
-    _check(
-        _syscall(
-            SYS_SETRESUID,
-            ctypes.c_uint(ruid & _ID_UNCHANGED),
-            ctypes.c_uint(euid & _ID_UNCHANGED),
-            ctypes.c_uint(suid & _ID_UNCHANGED),
-        )
-    )
+    _setres_thread(SYS_SETRESUID, ruid, euid, suid)
 
 
 def setresgid_thread(rgid: int, egid: int, sgid: int) -> None:
     """This thread's gids (raw setresgid(2)); -1 leaves one unchanged."""
-    _check(
-        _syscall(
-            SYS_SETRESGID,
-            ctypes.c_uint(rgid & _ID_UNCHANGED),
-            ctypes.c_uint(egid & _ID_UNCHANGED),
-            ctypes.c_uint(sgid & _ID_UNCHANGED),
-        )
-    )
+    _setres_thread(SYS_SETRESGID, rgid, egid, sgid)

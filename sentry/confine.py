@@ -56,6 +56,12 @@ import stat
 from collections.abc import Iterable, Sequence
 
 from pysandbox.oci import kernel
+from pysandbox.oci.kernel import (
+    CAP_DAC_READ_SEARCH,
+    CAP_KILL,
+    CAP_SYS_PTRACE,
+    CAP_SYS_RESOURCE,
+)
 from pysandbox.oci.records import record
 
 TYPE_CHECKING = False
@@ -73,11 +79,6 @@ __all__ = [
     "pivot_into",
 ]
 
-CAP_DAC_READ_SEARCH: Final = 2
-CAP_KILL: Final = 5
-CAP_SETPCAP: Final = 8
-CAP_SYS_PTRACE: Final = 19
-CAP_SYS_RESOURCE: Final = 24
 
 # What the sentry's handlers need, and why (each was checked by dropping it):
 # * CAP_SYS_PTRACE: process_vm_readv/writev and pidfd_getfd on the container's

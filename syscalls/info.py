@@ -32,6 +32,7 @@ import time
 from collections.abc import Callable
 
 from pysandbox.oci import kernel
+from pysandbox.oci.kernel import CAP_SYS_ADMIN
 from pysandbox.oci.records import record
 from pysandbox.sentry.loop import Call, Errno, Handler, Result
 
@@ -45,7 +46,6 @@ VERSION: Final = "#1 SMP pysandbox"
 MACHINE: Final = "x86_64"
 UTS_FIELD: Final = 65  # __NEW_UTS_LEN + 1
 UTS_MAX: Final = 64
-CAP_SYS_ADMIN: Final = 21
 ADJ_OFFSET_SS_READ: Final = 0xA001
 CLOCK_REALTIME: Final = 0
 MAX_CLOCKS: Final = 16

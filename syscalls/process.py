@@ -27,6 +27,7 @@ import struct
 import threading
 
 from pysandbox.oci import kernel
+from pysandbox.oci.kernel import CAP_SYS_RESOURCE
 from pysandbox.sentry.loop import CONTINUE, Call, Errno, Handler, Result
 from pysandbox.sentry.tasks import TaskTable
 from pysandbox.syscalls.args import s32 as _s32
@@ -39,8 +40,6 @@ if TYPE_CHECKING:
 RLIM_INFINITY: Final = (1 << 64) - 1
 RLIM_NLIMITS: Final = 16
 RLIMIT_NOFILE: Final = 7
-CAP_KILL: Final = 5
-CAP_SYS_RESOURCE: Final = 24
 _U64: Final = (1 << 64) - 1
 _U32: Final = 0xFFFFFFFF
 

@@ -30,6 +30,7 @@ import os
 import struct
 
 from pysandbox.oci import kernel
+from pysandbox.oci.kernel import CAP_KILL
 from pysandbox.sentry.loop import CONTINUE, Call, Errno, Handler, Result
 from pysandbox.sentry.tasks import TaskStatus, TaskTable
 from pysandbox.syscalls.args import s32 as _s32
@@ -38,7 +39,6 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Final
 
-CAP_KILL: Final = 5
 SIGCONT: Final = 18
 SIGRTMAX: Final = 64
 SI_TKILL: Final = -6

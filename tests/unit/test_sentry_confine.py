@@ -24,12 +24,10 @@ from typing import Any
 import pytest
 
 from pysandbox.oci import kernel
+from pysandbox.oci.kernel import CAP_DAC_READ_SEARCH, CAP_KILL, CAP_SYS_PTRACE
 from pysandbox.sentry import bpf, harness
 from pysandbox.sentry.confine import (
     ALLOWED,
-    CAP_DAC_READ_SEARCH,
-    CAP_KILL,
-    CAP_SYS_PTRACE,
     CONSTRAINED,
     SENTRY_CAPABILITIES,
     Confinement,
