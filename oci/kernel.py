@@ -664,6 +664,7 @@ SYS_SETHOSTNAME: Final = 170
 SYS_SETDOMAINNAME: Final = 171
 SYS_CLOCK_SETTIME: Final = 227
 SYS_OPEN: Final = 2
+O_LARGEFILE: Final = 0o100000  # the kernel's value; Python's os.O_LARGEFILE is 0 on 64-bit
 SYS_OPENAT: Final = 257
 SYS_CLOCK_ADJTIME: Final = 305
 SYS_GETCPU: Final = 309

@@ -64,11 +64,9 @@ __all__ = [
     "resource_files",
 ]
 
-_AT_FDCWD: Final = -100
 # Flags that a read-only open of these files may carry; anything else (a
 # write, O_DIRECTORY, O_PATH, O_TMPFILE...) is left to the kernel.
-_O_LARGEFILE: Final = 0o100000  # the kernel's value; Python reports 0 on 64-bit
-_READ_FLAGS: Final = os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK | _O_LARGEFILE
+_READ_FLAGS: Final = os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK | kernel.O_LARGEFILE
 _UNLIMITED: Final = 1 << 62  # cgroup v1 reports "no limit" as a huge page-aligned number
 _PATH_MAX: Final = 4096
 
