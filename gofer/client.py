@@ -26,13 +26,23 @@ if TYPE_CHECKING:
 
     PathArg = str | bytes
 
-__all__ = ["GoferClient", "GoferGone"]
+__all__ = ["GoferClient", "GoferGone", "KernelPath"]
 
 _ANC_SPACE: Final = _socket.CMSG_SPACE(4 * 4)  # room for a few fds: extras are closed, not leaked
 _U32_MASK: Final = 0xFFFFFFFF
 _UNCHANGED: Final = 0xFFFFFFFF
 AT_SYMLINK_NOFOLLOW: Final = 0x100
 AT_SYMLINK_FOLLOW: Final = 0x400
+
+
+class KernelPath(Exception):
+    """The path leads into a mount the gofer does not serve (/proc, /dev, a bind
+    mount): the kernel must answer. Deliberately not an OSError, so that no
+    ``except OSError`` turns it into an errno for the workload."""
+
+    def __init__(self, path: bytes) -> None:
+        super().__init__(path)
+        self.path = path
 
 
 class GoferGone(OSError):
@@ -103,6 +113,8 @@ class GoferClient:
             raise OSError(errno.EPROTO, f"reply {r_id} (op {r_op}) to request {rid} (op {op})")
         if err:
             _close(fds)
+            if err == p.KERNEL_SERVED:
+                raise KernelPath(strings[0] if strings else b"")
             raise OSError(err, os.strerror(err), strings[0] if strings else None)
         if r_flags & p.REPLY_FD:
             if len(fds) != 1:
@@ -291,7 +303,7 @@ class GoferClient:
         cred: p.Credentials | None = None,
         mount: int = 0,
     ) -> None:
-        """FIFOs, sockets and regular files; device nodes are refused (EPERM)."""
+        """FIFOs, sockets, regular files; device nodes with the caller's CAP_MKNOD."""
         self._call(p.OP_MKNOD, (mode, dev), (_b(path),), cred, mount)
 
     def unlink(self, path: PathArg, *, cred: p.Credentials | None = None, mount: int = 0) -> None:
@@ -334,6 +346,19 @@ class GoferClient:
         mount: int = 0,
     ) -> None:
         self._call(p.OP_SYMLINK, (), (_b(target), _b(path)), cred, mount)
+
+    def access(
+        self,
+        path: PathArg,
+        mode: int,
+        *,
+        follow: bool = True,
+        cred: p.Credentials | None = None,
+        mount: int = 0,
+    ) -> None:
+        """faccessat2(AT_EACCESS) judged with ``cred``: put the ids access(2)
+        must be judged by (real or effective) into it."""
+        self._call(p.OP_ACCESS, (mode, _at(follow)), (_b(path),), cred, mount)
 
     def readlink(
         self, path: PathArg, *, cred: p.Credentials | None = None, mount: int = 0

@@ -49,6 +49,7 @@ from pysandbox.oci.kernel import (
     CAP_DAC_READ_SEARCH,
     CAP_FOWNER,
     CAP_FSETID,
+    CAP_MKNOD,
     CAP_SETFCAP,
     CAP_SETGID,
     CAP_SETUID,
@@ -80,8 +81,11 @@ __all__ = ["ALLOWED", "CONSTRAINED", "GOFER_CAPABILITIES", "Gofer", "MountSource
 #   callers that hold it (docker's default set does).
 # * CAP_SETUID, CAP_SETGID: the gofer's own, never lent: setfsuid/setfsgid,
 #   setgroups and (for connect) setresuid/setresgid to take on a caller's ids.
+# * CAP_MKNOD: device nodes, for callers that hold it (never opened through the
+#   gofer: its mount is nodev; the kernel opens them, under the container's
+#   device cgroup).
 # Not kept: CAP_SYS_ADMIN (the mounts are made before the drop; trusted.*
-# xattrs are refused), CAP_MKNOD (device nodes are refused), CAP_SETPCAP (only
+# xattrs are refused), CAP_SETPCAP (only
 # to shrink the bounding set, which happens before it goes), everything else.
 GOFER_CAPABILITIES: Final = frozenset(
     {
@@ -90,6 +94,7 @@ GOFER_CAPABILITIES: Final = frozenset(
         CAP_DAC_READ_SEARCH,
         CAP_FOWNER,
         CAP_FSETID,
+        CAP_MKNOD,
         CAP_SETFCAP,
         CAP_SETUID,
         CAP_SETGID,
@@ -118,6 +123,7 @@ ALLOWED: Final[dict[str, str]] = {
     "linkat": "link",
     "symlinkat": "symlink",
     "readlinkat": "readlink",
+    "faccessat2": "access: AT_EACCESS | AT_EMPTY_PATH on the resolved fd",
     "chmod": "chmod through /proc/self/fd/N",
     "fchmodat": "chmod's other entry point in glibc",
     "chown": "chown through /proc/self/fd/N",
@@ -277,12 +283,20 @@ def start(
     timeout: float = 10.0,
     restore_after_request: bool = False,
     mount_ns_of: int | None = None,
+    readonly_view: bool = False,
+    kernel_mounts: Sequence[str] | None = None,
 ) -> Gofer:
     """Fork a gofer serving ``rootfs`` (mount 0) and ``mounts`` (1..); return once
     it serves. ``log_fd`` becomes its stderr (its log). ``restore_after_request``:
     see gofer/server.py, "Credentials". ``mount_ns_of``: a container's init (host
     pid); the gofer joins its mount namespace first, so the paths name what the
     workload sees (its overlay root, ``"/"``, and its binds), not the bundle.
+    ``kernel_mounts``: the container's mount points other than its root, as
+    it names them; a path into one is answered KERNEL_SERVED (gofer/namei.py).
+    ``readonly_view`` (with ``mount_ns_of``): once the gofer has its own
+    (writable) copy of that namespace, the container's mount of its root is
+    made read-only, so from then on the workload writes its root only
+    through the gofer (syscalls/files.py).
     Raises RuntimeError (after reaping it) when it could not confine itself."""
     mnt_ns = -1
     if mount_ns_of is not None:
@@ -313,7 +327,19 @@ def start(
         code = 1
         try:
             server_options = {"restore_after_request": restore_after_request}
-            code = _main(theirs, ours, sources, confine, log_fd, bpf, server_options, mnt_ns)
+            points = None if kernel_mounts is None else [os.fsencode(m) for m in kernel_mounts]
+            code = _main(
+                theirs,
+                ours,
+                sources,
+                confine,
+                log_fd,
+                bpf,
+                server_options,
+                mnt_ns,
+                readonly_view,
+                points,
+            )
         except BaseException as e:
             with contextlib.suppress(Exception):
                 os.write(2, f"gofer: {type(e).__name__}: {e}\n".encode())
@@ -367,6 +393,8 @@ def _main(
     bpf: bytes,
     server_options: dict[str, bool],
     mnt_ns: int = -1,
+    readonly_view: bool = False,
+    kernel_mounts: list[bytes] | None = None,
 ) -> int:
     import gc
 
@@ -403,13 +431,15 @@ def _main(
             # Into the container's mount namespace (root and cwd become its
             # root) while still privileged; the sources are its paths now.
             kernel.setns(mnt_ns, kernel.CLONE_NEWNS)
-            os.close(mnt_ns)
             # The container's /proc belongs to its pid namespace, where this
             # process is not: /proc/self would not resolve. A private copy of
             # the namespace gets a procfs of our own over it.
             kernel.unshare(kernel.CLONE_NEWNS)
             kernel.mount(None, "/", None, kernel.MS_REC | kernel.MS_PRIVATE)
             kernel.mount("proc", "/proc", "proc", kernel.MS_NOSUID | kernel.MS_NODEV, "subset=pid")
+            if readonly_view:
+                _make_view_readonly(mnt_ns)
+            os.close(mnt_ns)
         if confine:
             roots = _confine(sources)
             report = (
@@ -422,7 +452,7 @@ def _main(
         else:
             roots = [os.open(s.path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC) for s in sources]
             report = f"gofer: unconfined: root={sources[0].path}"
-        server = Server(sock, roots, log_fd=2, **server_options)
+        server = Server(sock, roots, log_fd=2, kernel_mounts=kernel_mounts, **server_options)
         if confine:
             kernel.seccomp_load_bpf(bpf)  # last: it forbids mount, capset's raise, prctl
     except BaseException as e:
@@ -435,6 +465,33 @@ def _main(
     return 0
 
 
+def _scratch_dir() -> str:
+    """A directory of ours to mount the private root's tmpfs on. In a
+    container's namespace (a private copy: nothing of the container changes)
+    /tmp may be missing, as in images built FROM scratch; any directory will
+    do but /proc, through which the sources are still bound."""
+    for path in ("/tmp", "/dev", "/run", "/mnt", "/var", "/etc", "/home", "/usr"):
+        if os.path.isdir(path) and not os.path.islink(path):
+            return path
+    raise FileNotFoundError(errno.ENOENT, "no directory to build the gofer's root on")
+
+
+def _make_view_readonly(container_ns: int) -> None:
+    """Make the container's own mount of its root read-only, from inside its
+    namespace, and come back to ours: our copy's mounts are other mount
+    objects, they stay writable. Only the read-only attribute changes (its
+    nosuid/nodev/atime flags may be locked in a user namespace)."""
+    ours = os.open("/proc/self/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        kernel.setns(container_ns, kernel.CLONE_NEWNS)
+        try:
+            kernel.mount_setattr("/", kernel.MOUNT_ATTR_RDONLY)
+        finally:
+            kernel.setns(ours, kernel.CLONE_NEWNS)
+    finally:
+        os.close(ours)
+
+
 def _confine(sources: Sequence[MountSource]) -> list[int]:
     """Namespaces, private root, capabilities, no_new_privs (seccomp comes after the
     server is built). Returns O_PATH fds of the sources' roots in the new root."""
@@ -443,7 +500,7 @@ def _confine(sources: Sequence[MountSource]) -> list[int]:
     k.mount(None, "/", None, k.MS_REC | k.MS_PRIVATE)
     with contextlib.suppress(OSError), open("/proc/self/oom_score_adj", "w") as f:
         f.write("-999")  # the OOM killer should pick the workload, not its files
-    new_root = "/tmp"
+    new_root = _scratch_dir()
     hidden = k.MS_NOSUID | k.MS_NODEV | k.MS_NOEXEC
     # Opened after the unshare (a bind source must be a mount of ours) and
     # before the tmpfs, which would hide a source under /tmp.
@@ -455,7 +512,15 @@ def _confine(sources: Sequence[MountSource]) -> list[int]:
         targets = ["/root", *(f"/mounts/{i}" for i in range(1, len(sources)))]
         for source, fd, target in zip(sources, fds, targets, strict=True):
             os.makedirs(new_root + target)
-            k.mount(f"/proc/self/fd/{fd}", new_root + target, None, k.MS_BIND)
+            try:
+                k.mount(f"/proc/self/fd/{fd}", new_root + target, None, k.MS_BIND)
+            except OSError as e:
+                if e.errno != errno.EINVAL:
+                    raise
+                # A copy of a namespace owned by another user namespace (a
+                # container's, joined) has its mounts locked together: the root
+                # cannot be bound without what is mounted on it.
+                k.mount(f"/proc/self/fd/{fd}", new_root + target, None, k.MS_BIND | k.MS_REC)
             flags = k.MS_REMOUNT | k.MS_BIND | k.MS_NODEV
             k.mount(None, new_root + target, None, flags | (k.MS_RDONLY * source.readonly))
     finally:

@@ -82,6 +82,8 @@ LISTXATTR     at u32                      path                   names, each NUL
 REMOVEXATTR   at u32                      path, name
 BIND          socket type u32, umask u32  path                   bound AF_UNIX socket fd
 CONNECT       socket type u32             path                   connected socket fd
+ACCESS        mode u32, at u32            path                   (faccessat2 AT_EACCESS: the
+                                                                 request's ids are judged)
 ============  ==========================  =====================  ==================
 
 ``stat`` is :data:`STAT` (the kernel's struct stat fields: dev, ino, mode,
@@ -148,6 +150,7 @@ OP_LISTXATTR: Final = 19
 OP_REMOVEXATTR: Final = 20
 OP_BIND: Final = 21
 OP_CONNECT: Final = 22
+OP_ACCESS: Final = 23
 
 # String kinds: a path (or symlink target), an xattr name, an xattr value.
 PATH: Final = "p"
@@ -193,6 +196,7 @@ OPS: Final[dict[int, OpSpec]] = {
     OP_REMOVEXATTR: _spec("removexattr", "I", PATH + NAME),
     OP_BIND: _spec("bind", "II", PATH),
     OP_CONNECT: _spec("connect", "I", PATH),
+    OP_ACCESS: _spec("access", "II", PATH),
 }
 
 # --- framing -------------------------------------------------------------------
@@ -200,6 +204,10 @@ HEADER: Final = struct.Struct("<BBHI")  # op, flags, mount, request id
 _CRED_FIXED: Final = struct.Struct("<IIQH")  # uid, gid, caps, ngroups
 REPLY: Final = struct.Struct("<BBHIi")  # op, flags, reserved, request id, errno
 REPLY_FD: Final = 0x1
+# The reply's errno when the path leads into a mount the gofer does not serve
+# (gofer/namei.py): no errno of Linux's has this value. The client raises
+# KernelPath; the sentry hands the call to the kernel.
+KERNEL_SERVED: Final = 0x10000
 _U32: Final = struct.Struct("<I")
 _CRED_START: Final = HEADER.size
 _U32_MAX: Final = 0xFFFFFFFF

@@ -76,10 +76,12 @@ from pysandbox.oci.kernel import (
     CAP_DAC_READ_SEARCH,
     CAP_FOWNER,
     CAP_FSETID,
+    CAP_MKNOD,
     CAP_SETFCAP,
 )
 
 from . import protocol as p
+from .namei import KernelMount, canonical, plain
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -92,6 +94,7 @@ if TYPE_CHECKING:
 __all__ = ["FILE_CAPABILITIES", "CredentialSwitch", "Server"]
 
 _RESOLVE: Final = kernel.RESOLVE_IN_ROOT | kernel.RESOLVE_NO_MAGICLINKS
+_RESOLVE_PLAIN: Final = kernel.RESOLVE_IN_ROOT | kernel.RESOLVE_NO_SYMLINKS
 _O_PATH: Final = os.O_PATH | os.O_CLOEXEC
 _O_TMPFILE: Final = 0o20000000 | os.O_DIRECTORY
 # Every flag open(2) documents; anything else is refused (openat2 refuses it too).
@@ -128,7 +131,15 @@ _I32: Final = struct.Struct("<i")
 # gofer does): those the kernel consults for file operations. CAP_SETUID and
 # CAP_SETGID are the gofer's own, for switching; never a caller's.
 FILE_CAPABILITIES: Final = frozenset(
-    {CAP_CHOWN, CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, CAP_FOWNER, CAP_FSETID, CAP_SETFCAP}
+    {
+        CAP_CHOWN,
+        CAP_DAC_OVERRIDE,
+        CAP_DAC_READ_SEARCH,
+        CAP_FOWNER,
+        CAP_FSETID,
+        CAP_MKNOD,
+        CAP_SETFCAP,
+    }
 )
 _FILE_CAP_MASK: Final = sum(1 << c for c in FILE_CAPABILITIES)
 
@@ -264,9 +275,13 @@ class Server:
         *,
         log_fd: int = 2,
         restore_after_request: bool = False,
+        kernel_mounts: Sequence[bytes] | None = None,
     ) -> None:
         self.sock = sock
         self.roots = tuple(roots)
+        # The container's other mount points (gofer/namei.py): a path into one
+        # is answered KERNEL_SERVED. None: the root has no mounts to mind.
+        self.kernel_mounts = None if kernel_mounts is None else frozenset(kernel_mounts)
         self.log_fd = log_fd
         self.restore_after_request = restore_after_request
         self.creds = CredentialSwitch()
@@ -332,6 +347,8 @@ class Server:
             finally:
                 if self.restore_after_request:
                     self.creds.restore()
+        except KernelMount:
+            return p.encode_reply(req.op, req.request_id, p.KERNEL_SERVED), -1
         except OSError as e:
             if e.errno is None:  # raised by Python itself, not the kernel: ours to fix
                 self._crash(req)
@@ -370,18 +387,41 @@ class Server:
 
     # --- resolution -------------------------------------------------------------
 
+    def _open_in(
+        self, req: p.Request, path: bytes, flags: int, mode: int, follow: bool
+    ) -> tuple[int, bytes]:
+        """openat2 of ``path`` inside the request's mount root: (fd, the path as
+        resolved). With kernel mounts to mind (mount 0), a plain path is tried
+        with no symlink allowed, anything else walked first (gofer/namei.py)."""
+        root = self.roots[req.mount]
+        mounts = self.kernel_mounts
+        if mounts is not None and req.mount == 0:
+            if plain(path, mounts):
+                try:
+                    return kernel.openat2_bytes(root, path, flags, mode, _RESOLVE_PLAIN), path
+                except OSError as e:
+                    if e.errno != errno.ELOOP:
+                        raise
+            path = canonical(root, path, follow, mounts)
+        return kernel.openat2_bytes(root, path, flags, mode, _RESOLVE), path
+
     def _resolve(self, req: p.Request, path: bytes, nofollow: bool = False, flags: int = 0) -> int:
         """An O_PATH fd of ``path`` inside the request's mount root."""
         if nofollow:
             flags |= os.O_NOFOLLOW
-        return kernel.openat2_bytes(self.roots[req.mount], path, _O_PATH | flags, 0, _RESOLVE)
+        return self._open_in(req, path, _O_PATH | flags, 0, not nofollow)[0]
 
     def _parent(
         self, req: p.Request, path: bytes, dot_err: int, root_err: int, dotdot_err: int = 0
     ) -> tuple[int, bytes]:
         """(O_PATH fd of the parent directory, last component) for an *at call."""
         parent, name = _split(path, dot_err, root_err, dotdot_err)
-        return self._resolve(req, parent, flags=os.O_DIRECTORY), name
+        fd, where = self._open_in(req, parent, _O_PATH | os.O_DIRECTORY, 0, True)
+        mounts = self.kernel_mounts
+        if mounts and req.mount == 0 and where.rstrip(b"/") + b"/" + name.rstrip(b"/") in mounts:
+            os.close(fd)
+            raise KernelMount(path)  # the name is a mount point: the kernel's EBUSY, EXDEV...
+        return fd, name
 
     # --- operations on an object ---------------------------------------------------
 
@@ -405,11 +445,12 @@ class Server:
         if flags & ~_OPEN_FLAGS or mode & ~0o7777:
             raise _err(errno.EINVAL)
         path = req.strings[0]
-        root = self.roots[req.mount]
+        # the kernel's rules for the last component: O_CREAT|O_EXCL never follows
+        follow = not (flags & os.O_NOFOLLOW or (flags & os.O_CREAT and flags & os.O_EXCL))
         if flags & os.O_PATH:
             # O_PATH takes no other flags but these (openat2 refuses the rest); the fd
             # grants nothing but naming the object, and the gofer never reopens it.
-            fd = kernel.openat2_bytes(root, path, flags | os.O_CLOEXEC, 0, _RESOLVE)
+            fd, _where = self._open_in(req, path, flags | os.O_CLOEXEC, 0, follow)
             return b"", fd
         if not (flags & os.O_CREAT or flags & _O_TMPFILE == _O_TMPFILE):
             mode = 0
@@ -417,8 +458,8 @@ class Server:
         # O_NONBLOCK: opening a FIFO must not block the gofer's only thread (the
         # writer the reader waits for may need the gofer to open its end); it is
         # cleared again below unless the caller asked for it.
-        fd = kernel.openat2_bytes(
-            root, path, flags | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK, mode, _RESOLVE
+        fd, _where = self._open_in(
+            req, path, flags | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK, mode, follow
         )
         if not flags & os.O_NONBLOCK:
             try:
@@ -434,6 +475,18 @@ class Server:
         try:
             # On a symlink (nofollow) the kernel answers EOPNOTSUPP, as fchmodat2 does.
             os.chmod(_proc_fd(fd), mode & 0o7777)
+        finally:
+            os.close(fd)
+        return b"", -1
+
+    def op_access(self, req: p.Request) -> tuple[bytes, int]:
+        mode, at = req.args
+        if mode & ~7:
+            raise _err(errno.EINVAL)
+        fd = self._resolve(req, req.strings[0], _nofollow(at))
+        try:
+            # AT_EACCESS: the request's ids (the sentry chose real or effective ones)
+            kernel.faccessat2(fd, b"", mode, kernel.AT_EACCESS | kernel.AT_EMPTY_PATH)
         finally:
             os.close(fd)
         return b"", -1
@@ -548,16 +601,19 @@ class Server:
         return b"", -1
 
     def op_mknod(self, req: p.Request) -> tuple[bytes, int]:
-        mode, _dev = req.args
+        mode, dev = req.args
         kind = stat.S_IFMT(mode)
-        if kind in (stat.S_IFCHR, stat.S_IFBLK):
-            # Device nodes: not until the sentry checks them against linux.devices.
-            raise _err(errno.EPERM)
-        if kind not in (0, stat.S_IFREG, stat.S_IFIFO, stat.S_IFSOCK):
+        if kind not in (0, stat.S_IFREG, stat.S_IFIFO, stat.S_IFSOCK, stat.S_IFCHR, stat.S_IFBLK):
             raise _err(errno.EINVAL)
+        # Device nodes need the caller's CAP_MKNOD, which the kernel checks. They
+        # are made, as under runc, but never opened here: the gofer's mount is
+        # nodev, so an open of one goes to the kernel, in the container's cgroup,
+        # whose device rules decide (syscalls/files.py).
+        if kind not in (stat.S_IFCHR, stat.S_IFBLK):
+            dev = 0
         parent, name = self._parent(req, req.strings[0], errno.EEXIST, errno.EEXIST)
         try:
-            os.mknod(name, kind | (mode & 0o7777), 0, dir_fd=parent)
+            os.mknod(name, kind | (mode & 0o7777), dev, dir_fd=parent)
         finally:
             os.close(parent)
         return b"", -1

@@ -105,6 +105,8 @@ CAP_SETPCAP: Final = 8
 CAP_SYS_PTRACE: Final = 19
 CAP_SYS_ADMIN: Final = 21
 CAP_SYS_RESOURCE: Final = 24
+CAP_SYS_NICE: Final = 23
+CAP_MKNOD: Final = 27
 CAP_SETFCAP: Final = 31
 CAPABILITIES: Final[tuple[str, ...]] = (
     "CAP_CHOWN",
@@ -1174,6 +1176,9 @@ def setfsgid(gid: int) -> int:
     return int(_syscall(SYS_SETFSGID, ctypes.c_uint(gid)))
 
 
+current_cpu: Callable[[], int] = _libc.sched_getcpu  # the vDSO's getcpu: no syscall
+
+
 def current_fsuid() -> int:
     return int(_syscall(SYS_SETFSUID, ctypes.c_uint(_ID_UNCHANGED)))
 
@@ -1201,3 +1206,102 @@ def setresuid_thread(ruid: int, euid: int, suid: int) -> None:
 def setresgid_thread(rgid: int, egid: int, sgid: int) -> None:
     """This thread's gids (raw setresgid(2)); -1 leaves one unchanged."""
     _setres_thread(SYS_SETRESGID, rgid, egid, sgid)
+
+
+# --- the path-taking calls the sentry serves through the gofer (syscalls/files.py)
+SYS_STAT: Final = 4
+SYS_LSTAT: Final = 6
+SYS_ACCESS: Final = 21
+SYS_TRUNCATE: Final = 76
+SYS_RENAME: Final = 82
+SYS_MKDIR: Final = 83
+SYS_RMDIR: Final = 84
+SYS_CREAT: Final = 85
+SYS_LINK: Final = 86
+SYS_UNLINK: Final = 87
+SYS_SYMLINK: Final = 88
+SYS_READLINK: Final = 89
+SYS_CHMOD: Final = 90
+SYS_CHOWN: Final = 92
+SYS_LCHOWN: Final = 94
+SYS_UTIME: Final = 132
+SYS_MKNOD: Final = 133
+SYS_STATFS: Final = 137
+SYS_CHROOT: Final = 161
+SYS_SETXATTR: Final = 188
+SYS_LSETXATTR: Final = 189
+SYS_GETXATTR: Final = 191
+SYS_LGETXATTR: Final = 192
+SYS_LISTXATTR: Final = 194
+SYS_LLISTXATTR: Final = 195
+SYS_REMOVEXATTR: Final = 197
+SYS_LREMOVEXATTR: Final = 198
+SYS_UTIMES: Final = 235
+SYS_MKDIRAT: Final = 258
+SYS_MKNODAT: Final = 259
+SYS_FCHOWNAT: Final = 260
+SYS_FUTIMESAT: Final = 261
+SYS_NEWFSTATAT: Final = 262
+SYS_UNLINKAT: Final = 263
+SYS_RENAMEAT: Final = 264
+SYS_LINKAT: Final = 265
+SYS_SYMLINKAT: Final = 266
+SYS_READLINKAT: Final = 267
+SYS_FCHMODAT: Final = 268
+SYS_FACCESSAT: Final = 269
+SYS_STATX: Final = 332
+SYS_FACCESSAT2: Final = 439
+SYS_FCHMODAT2: Final = 452
+AT_EACCESS: Final = 0x200  # faccessat's; the same bit is unlinkat's AT_REMOVEDIR
+AT_NO_AUTOMOUNT: Final = 0x800
+AT_STATX_SYNC_TYPE: Final = 0x6000
+STATX_SIZE: Final = 256  # struct statx
+
+
+def statx(dirfd: int, path: bytes, flags: int, mask: int) -> bytes:
+    """The raw struct statx (256 bytes) of ``path`` relative to ``dirfd``."""
+    buf = ctypes.create_string_buffer(STATX_SIZE)
+    _check(
+        _syscall(
+            SYS_STATX, ctypes.c_int(dirfd), path, ctypes.c_int(flags), ctypes.c_uint(mask), buf
+        )
+    )
+    return buf.raw
+
+
+SYS_MOUNT_SETATTR: Final = 442
+MOUNT_ATTR_RDONLY: Final = 0x1
+
+
+class _MountAttr(ctypes.Structure):
+    _fields_ = [
+        ("attr_set", ctypes.c_uint64),
+        ("attr_clr", ctypes.c_uint64),
+        ("propagation", ctypes.c_uint64),
+        ("userns_fd", ctypes.c_uint64),
+    ]
+
+
+def mount_setattr(path: str, attr_set: int, attr_clr: int = 0, dirfd: int = AT_FDCWD) -> None:
+    """Change only the given attributes of the mount at ``path`` (not recursive):
+    unlike a MS_REMOUNT, the others (nosuid, nodev, atime: locked in a user
+    namespace) stay as they are."""
+    attr = _MountAttr(attr_set, attr_clr, 0, 0)
+    _check_path(
+        _syscall(
+            SYS_MOUNT_SETATTR,
+            ctypes.c_int(dirfd),
+            path.encode(),
+            ctypes.c_uint(0),
+            ctypes.byref(attr),
+            ctypes.c_size_t(ctypes.sizeof(attr)),
+        ),
+        path,
+    )
+
+
+def faccessat2(dirfd: int, path: bytes, mode: int, flags: int) -> None:
+    """faccessat2(2) itself (glibc may emulate it): AT_EACCESS, AT_EMPTY_PATH."""
+    _check(
+        _syscall(SYS_FACCESSAT2, ctypes.c_int(dirfd), path, ctypes.c_int(mode), ctypes.c_int(flags))
+    )

@@ -340,6 +340,10 @@ class Runtime:
                 from pysandbox.sentry.service import send_init_pid
 
                 send_init_pid(sentry_sock, launched.pid)
+                if rootfs is not None:
+                    self._start_gofer(
+                        state_dir, rec, launched.pid, sentry_sock, readonly=spec.root.readonly
+                    )
         finally:
             os.close(fifo_fd)
             if console_sock is not None:
@@ -402,6 +406,50 @@ class Runtime:
             sock.close()
             raise
         return sock
+
+    def _start_gofer(
+        self,
+        state_dir: str,
+        rec: ContainerRecord,
+        init_pid: int,
+        sentry_sock: _socket.socket,
+        *,
+        readonly: bool,
+    ) -> None:
+        """Start the container's gofer in init's finished mount namespace and hand
+        it to the sentry. Init waits (for ``ack``) meanwhile, so the workload
+        runs nothing before the kernel's view of its root is read-only."""
+        from pysandbox.gofer import process as gofer_process
+        from pysandbox.oci.state import cache_dir
+        from pysandbox.sentry.service import debug_log_path, send_gofer
+        from pysandbox.syscalls.files import container_mount_points
+
+        log_fd = os.open(
+            debug_log_path(self.debug_log, rec.id, state_dir),
+            os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC,
+            0o600,
+        )
+        try:
+            gofer = gofer_process.start(
+                "/",
+                readonly=readonly,  # spec's root.readonly: the gofer writes nothing either
+                mount_ns_of=init_pid,
+                kernel_mounts=container_mount_points(init_pid),
+                readonly_view=True,
+                log_fd=log_fd,
+                cache_dir=cache_dir(os.path.dirname(state_dir)),
+            )
+        except RuntimeError as e:
+            raise RuntimeFailure(str(e)) from None
+        finally:
+            os.close(log_fd)
+        try:
+            rec.gofer_pid = gofer.pid
+            rec.gofer_start = process_start_time(gofer.pid)
+            self.store.save(rec, partial=True)
+            send_gofer(sentry_sock, gofer.sock, gofer.pid)
+        finally:
+            gofer.sock.close()  # the sentry's copy is the only one: the gofer ends with it
 
     def _hook_state(self, rec: ContainerRecord, status: str, pid: int) -> bytes:
         doc = {
@@ -836,16 +884,18 @@ def _limit_dirs(cgroup: CgroupManager) -> tuple[dict[str, str], tuple[str, ...]]
 
 
 def kill_sentry(rec: ContainerRecord, state_dir: str, timeout: float = 5.0) -> None:
-    """SIGKILL the container's sentry and its watchdog if they are still there,
-    and wait for both to go (the watchdog's pid is in the state dir: the
+    """SIGKILL the container's sentry, its watchdog and its gofer if they are
+    still there, and wait for all to go (the watchdog's pid is in the state dir: the
     sentry forks it after create has saved the state)."""
     if not rec.sentry_pid:
         return
     pidfds: list[int] = []
     try:
         # The sentry first: the watchdog's pid is read after it can no longer
-        # fork one. Both exits are then waited for together.
+        # fork one. All exits are then waited for together.
         _kill_pinned(rec.sentry_pid, rec.sentry_start, pidfds)
+        if rec.gofer_pid:
+            _kill_pinned(rec.gofer_pid, rec.gofer_start, pidfds)
         from pysandbox.sentry.service import read_watchdog
 
         watchdog = read_watchdog(state_dir)

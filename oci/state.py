@@ -82,6 +82,10 @@ class ContainerRecord:
     profile: str = ""
     sentry_pid: int = 0
     sentry_start: int = 0
+    # The container's gofer (gofer/process.py), which the sentry's file calls
+    # go through; delete kills it with the sentry.
+    gofer_pid: int = 0
+    gofer_start: int = 0
     # --overlay as chosen at create (oci/overlay.py); root:dir's per-container
     # upper layer, which delete removes.
     overlay: str = ""

@@ -59,6 +59,7 @@ from pysandbox.oci import kernel
 from pysandbox.oci.kernel import (
     CAP_DAC_READ_SEARCH,
     CAP_KILL,
+    CAP_SYS_NICE,
     CAP_SYS_PTRACE,
     CAP_SYS_RESOURCE,
 )
@@ -94,11 +95,15 @@ __all__ = [
 # * CAP_SYS_RESOURCE: prlimit64 raising a hard limit of a container task on
 #   behalf of a caller that may. Held only if the sentry had it (some hosts
 #   drop it from the bounding set; the report lists it as missing then).
+# * CAP_SYS_NICE: sched_setaffinity of the gofer onto the sentry's CPU
+#   (syscalls/files.py): the gofer holds capabilities the sentry does not,
+#   and the kernel then asks for CAP_SYS_NICE. The allowlist permits no other
+#   scheduling call.
 # Not needed: CAP_SYS_ADMIN (the seccomp notify ioctls check nothing but the
 # fd), CAP_DAC_OVERRIDE, CAP_SETPCAP (only to shrink the bounding set, which
 # happens here before it is dropped).
 SENTRY_CAPABILITIES: Final = frozenset(
-    {CAP_SYS_PTRACE, CAP_DAC_READ_SEARCH, CAP_KILL, CAP_SYS_RESOURCE}
+    {CAP_SYS_PTRACE, CAP_DAC_READ_SEARCH, CAP_KILL, CAP_SYS_NICE, CAP_SYS_RESOURCE}
 )
 
 # Read-only access for Landlock: files and directories beneath a read path.
@@ -169,6 +174,8 @@ ALLOWED: Final[dict[str, str]] = {
     "rseq": "every new thread registers rseq (glibc 2.35+)",
     "sched_yield": "glibc spin-then-yield locks",
     "sched_getaffinity": "os.cpu_count / sysconf(_SC_NPROCESSORS_ONLN)",
+    "pread64": "/proc/TID/status, kept open per task (syscalls/files.py)",
+    "sched_setaffinity": "the gofer follows the sentry's CPU (a cross-CPU wake-up is ~50 us here)",
     "getpid": "os.getpid, pid checks",
     "gettid": "threading, logging",
     "getppid": "os.getppid",

@@ -545,13 +545,22 @@ class Sentry:
                 lst.send_error(notif_id, result.errno)
                 disposition = disposition or ERROR
             elif isinstance(result, InstallFd):
+                install = result
                 try:
-                    newfd = lst.addfd_send(notif_id, result.fd, result.cloexec)
+                    result = lst.addfd_send(notif_id, install.fd, install.cloexec)
+                    disposition = FD
+                except OSError as e:
+                    if e.errno == _ENOENT:
+                        raise  # the caller is gone
+                    # The caller still waits and must be answered: EMFILE (its fd
+                    # limit), or EBADF for an fd ADDFD does not take (O_PATH).
+                    self.log(f"sentry: installing an fd for {self._name(nr)} failed: {e}")
+                    result = Errno(e.errno or HANDLER_FAILURE_ERRNO)
+                    lst.send_error(notif_id, result.errno)
+                    disposition = ERROR
                 finally:
-                    if result.close:
-                        os.close(result.fd)
-                disposition = FD
-                result = newfd
+                    if install.close:
+                        os.close(install.fd)
             elif isinstance(result, Continue):
                 lst.send_continue(notif_id)
                 disposition = CONTINUED

@@ -57,6 +57,8 @@ WATCHDOG_PID: Final = "watchdog.pid"
 NODE_DIR: Final = "/sys/devices/system/node"  # getcpu's NUMA node
 _AF_UNIX: Final = 1
 _SOCK_SEQPACKET: Final = 5
+_SOL_SOCKET: Final = 1
+_SCM_RIGHTS: Final = 1
 
 
 def passthrough(call: Call) -> Result:
@@ -199,6 +201,13 @@ def send_init_pid(sock: _socket.socket, pid: int) -> None:
     sock.send(b"P" + str(pid).encode())
 
 
+def send_gofer(sock: _socket.socket, gofer: _socket.socket, pid: int) -> None:
+    """Hand the sentry its end of the container's gofer (after the init pid)
+    and the gofer's host pid (the sentry keeps it on its own CPU)."""
+    fd = gofer.fileno().to_bytes(4, "little")
+    sock.sendmsg([b"G" + str(pid).encode()], [(_SOL_SOCKET, _SCM_RIGHTS, fd)])
+
+
 def request_stats(state_dir: str, timeout: float = 2.0) -> dict[str, dict[str, int]] | None:
     """The sentry's counters ({disposition: {syscall: count}}), or None without a sentry."""
     from pysandbox.oci import jsonio
@@ -232,8 +241,11 @@ def _main(
     # Imports first, before any listener arrives: the hot path pays for none.
     import threading
 
+    from pysandbox.gofer.client import GoferClient
+    from pysandbox.gofer.protocol import Credentials
     from pysandbox.oci import jsonio
     from pysandbox.oci import kernel as k
+    from pysandbox.syscalls.files import FileHandlers
     from pysandbox.syscalls.info import InfoConfig
     from pysandbox.syscalls.procfs import ContainerView, ProcHandlers
     from pysandbox.syscalls.routes import served_routes
@@ -308,15 +320,12 @@ def _main(
     )
     tasks = TaskTable()
     tasks.exclude(os.getpid())
+    proc = ProcHandlers(view, masked=options.masked_paths)
+    files = FileHandlers(proc)
     sentry = Sentry(
         build_routes(
             routing,
-            served_routes(
-                info,
-                tasks,
-                ProcHandlers(view, masked=options.masked_paths),
-                AffinityHandlers(view, tasks),
-            ),
+            served_routes(info, tasks, proc, AffinityHandlers(view, tasks), files),
         ),
         names=names,
         argc=argc,
@@ -339,8 +348,10 @@ def _main(
         read_paths=[p for p in ("/proc", NODE_DIR, *options.cgroup_roots) if os.path.isdir(p)],
         cache_dir=cache_dir(os.path.dirname(options.state_dir)),
     ).apply(log_fd=2)
-    # Init sends its pid (from create) and, just before execve, its listener.
+    # Create sends init's pid and the gofer's socket; init, just before
+    # execve, its listener.
     first = None
+    init_pid = 0
     while first is None:
         try:
             msg, fds = recv_fds(init_sock, 64, 1)
@@ -349,7 +360,13 @@ def _main(
         if not msg and not fds:
             return 0  # init died before it got this far (create failed): nothing to serve
         if msg.startswith(b"P"):
-            tasks.set_init(int(msg[1:]))
+            init_pid = int(msg[1:])
+            tasks.set_init(init_pid)
+        elif msg.startswith(b"G") and fds:
+            gofer = _socket.socket(_AF_UNIX, _SOCK_SEQPACKET, 0, fds[0])
+            files.attach(GoferClient(gofer, Credentials(0, 0)), init_pid, int(msg[1:]))
+            for extra in fds[1:]:
+                os.close(extra)
         elif fds:
             first = fds[0]
             for extra in fds[1:]:

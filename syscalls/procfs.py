@@ -385,9 +385,18 @@ class ProcHandlers:
             path = call.read_cstring(path_addr, _PATH_MAX)
         except OSError:
             return CONTINUE  # EFAULT, ENAMETOOLONG: the kernel gives the same answer
+        result = self.serve_path(call, path, flags)
+        return CONTINUE if result is None else result
+
+    def serve_path(self, call: Call, path: bytes, flags: int) -> Result | None:
+        """The open of ``path`` (absolute, already read) if it is a virtual file
+        opened read-only; None for anything else."""
         render = self.renderers.get(path)
         if render is None:
-            return CONTINUE
+            return None
+        flags &= 0xFFFFFFFF
+        if flags & os.O_ACCMODE != os.O_RDONLY or flags & ~_READ_FLAGS & ~os.O_ACCMODE:
+            return None
         call.verify()  # rule 1: the path read was this caller's, and it still waits
         if call.tracing:
             call.detail = f"{path.decode(errors='replace')!r}, {flags:#o}"

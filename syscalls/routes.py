@@ -12,6 +12,7 @@ from pysandbox.sentry.loop import Handler
 from pysandbox.sentry.tasks import TaskTable
 
 from . import ioctl, process, signal
+from .files import FileHandlers
 from .info import InfoConfig, InfoHandlers
 from .procfs import ProcHandlers
 from .sched import AffinityHandlers
@@ -24,14 +25,16 @@ def served_routes(
     tasks: TaskTable | None = None,
     proc: ProcHandlers | None = None,
     affinity: AffinityHandlers | None = None,
+    files: FileHandlers | None = None,
 ) -> dict[int, Handler]:
     """{syscall number: handler} for everything pysandbox serves today.
 
     ``tasks``: the container's task table (the sentry calls ``set_init`` and
     ``exclude`` on it); without one, a table that judges from each caller.
     ``proc``: the virtual /proc files (open/openat); ``affinity``:
-    sched_getaffinity cut to the CPU limit; without them those calls are not
-    served here.
+    sched_getaffinity cut to the CPU limit; ``files``: the path calls through
+    the gofer (open/openat included: it serves the virtual files first);
+    without them those calls are not served here.
     """
     if tasks is None:
         tasks = TaskTable()
@@ -44,4 +47,6 @@ def served_routes(
         routes.update(proc.routes())
     if affinity is not None:
         routes.update(affinity.routes())
+    if files is not None:
+        routes.update(files.routes())
     return routes

@@ -16,6 +16,7 @@ ROOT = p.Credentials(0, 0)
 # One valid request per op: (op, args, strings).
 SAMPLES: list[tuple[int, tuple[int, ...], tuple[bytes, ...]]] = [
     (p.OP_STAT, (0x100,), (b"/etc/passwd",)),
+    (p.OP_ACCESS, (2, 0x100), (b"/etc/passwd",)),
     (p.OP_WALK, (0,), (b"usr/lib",)),
     (p.OP_OPEN, (os.O_RDWR | os.O_CREAT, 0o644), (b"/tmp/x",)),
     (p.OP_MKDIR, (0o755,), (b"/d",)),

@@ -1,0 +1,223 @@
+"""The workload's path calls go through the sentry and the gofer (syscalls/files.py),
+in real containers: the answers are the kernel's (compared with runc, line by
+line), the gofer runs confined beside the sentry and goes with it, and the
+kernel's own view of the root is read-only."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Bundle, Runner, wait_for
+from tests.integration.inside import mountinfo
+
+PROBES = Path(__file__).parent / "probes"
+
+
+def _bundle(tmp: Path, busybox_rootfs: Path, name: str, *argv: str) -> Bundle:
+    from pysandbox.oci.specgen import default_spec
+
+    path = tmp / name
+    path.mkdir()
+    shutil.copytree(busybox_rootfs, path / "rootfs", symlinks=True)
+    config = default_spec(list(argv), terminal=False)
+    config["root"]["readonly"] = False
+    return Bundle(path, config).write()
+
+
+@pytest.fixture(scope="module")
+def files_probe(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    exe = tmp_path_factory.mktemp("probe") / "files-probe"
+    res = subprocess.run(
+        ["gcc", "-static", "-O1", "-Wall", "-o", str(exe), str(PROBES / "files.c")],
+        capture_output=True,
+        text=True,
+    )
+    assert res.returncode == 0, res.stderr
+    return exe
+
+
+def _runc(tmp: Path, bundle: Bundle, cid: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["runc", "--root", str(tmp / "runc-state"), "run", "--bundle", str(bundle.path), cid],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_path_calls_answer_as_the_kernel_does(
+    runtime: Runner, busybox_rootfs: Path, tmp_path: Path, files_probe: Path
+) -> None:
+    ours = _bundle(tmp_path, busybox_rootfs, "ours", "/files-probe")
+    shutil.copy(files_probe, ours.rootfs / "files-probe")
+    res = runtime("--strace", "run", "--bundle", str(ours.path), "files-probe")
+    assert res.returncode == 0, res.stderr
+    theirs = _bundle(tmp_path, busybox_rootfs, "theirs", "/files-probe")
+    shutil.copy(files_probe, theirs.rootfs / "files-probe")
+    ref = _runc(tmp_path, theirs, "files-probe-runc")
+    assert ref.returncode == 0, ref.stderr
+    mismatches = [
+        (a, b)
+        for a, b in zip(res.stdout.splitlines(), ref.stdout.splitlines(), strict=False)
+        if a != b
+    ]
+    assert not mismatches and res.stdout == ref.stdout, mismatches
+    assert "readdir" in res.stdout
+    # and the bundle was not written (the overlay took it), while runc's was
+    assert not (ours.rootfs / "w").exists() and (theirs.rootfs / "w").is_dir()
+
+
+def test_served_calls_are_answered_by_the_gofer_not_the_kernel(
+    runtime: Runner, bundle: Bundle, cid: str
+) -> None:
+    bundle.config["root"]["readonly"] = False
+    bundle.args("sh", "-c", "mkdir /d && echo hi > /d/f && cat /d/f && sleep 30")
+    bundle.write()
+    runtime("run", "-d", "--bundle", str(bundle.path), cid, check=True)
+    try:
+        stats = wait_for(
+            lambda: (s := _stats(runtime, cid)) and s.get("fd", {}).get("openat") and s
+        )
+        # the open of /d/f for writing and reading: fds installed by the sentry
+        assert stats["fd"]["openat"] >= 2, stats
+        assert stats["value"].get("mkdir", 0) + stats["value"].get("mkdirat", 0) >= 1, stats
+    finally:
+        runtime("delete", "--force", cid)
+
+
+def _stats(runtime: Runner, cid: str) -> dict[str, dict[str, int]] | None:
+    res = runtime("events", "--stats", cid)
+    if res.returncode != 0:
+        return None
+    doc = json.loads(res.stdout)
+    counters = doc["data"].get("pysandbox", {}).get("syscalls")
+    return counters if isinstance(counters, dict) else None
+
+
+def test_the_kernels_view_of_the_root_is_read_only(
+    runtime: Runner, bundle: Bundle, cid: str
+) -> None:
+    bundle.config["root"]["readonly"] = False
+    bundle.args("sh", "-c", "cat /proc/self/mountinfo; touch /written && echo wrote")
+    bundle.write()
+    res = runtime("run", "--bundle", str(bundle.path), cid)
+    assert res.returncode == 0, res.stderr
+    mounts = mountinfo(res.stdout)
+    # the workload's own mount of / is read-only, yet its write succeeded (the gofer's)
+    assert "ro" in mounts["/"][0], mounts["/"]
+    assert res.stdout.rstrip().endswith("wrote")
+
+
+def test_the_gofer_is_confined_and_goes_with_the_container(
+    runtime: Runner, bundle: Bundle, cid: str
+) -> None:
+    bundle.args("sleep", "30")
+    runtime("run", "-d", "--bundle", str(bundle.path), cid, check=True)
+    state = json.loads((runtime.root / cid / "state.json").read_text())
+    gofer = int(state["gofer_pid"])
+    status = Path(f"/proc/{gofer}/status").read_text()
+    fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+    assert fields["Name"].strip() == "gofer"
+    assert fields["NoNewPrivs"].strip() == "1"
+    assert fields["Seccomp"].strip() == "2"
+    assert int(fields["CapEff"], 16) & (1 << 21) == 0  # no CAP_SYS_ADMIN
+    # its own mount namespace, not the container's nor the host's
+    container_init = int(runtime.state(cid)["pid"])
+    ns = {os.readlink(f"/proc/{p}/ns/mnt") for p in (gofer, container_init, os.getpid())}
+    assert len(ns) == 3
+    runtime("delete", "--force", cid, check=True)
+    wait_for(lambda: not os.path.exists(f"/proc/{gofer}") or _zombie(gofer), timeout=5)
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def test_a_non_root_user_is_judged_as_itself(runtime: Runner, bundle: Bundle, cid: str) -> None:
+    bundle.config["root"]["readonly"] = False
+    bundle.config["process"]["user"] = {"uid": 1000, "gid": 1000}
+    bundle.args(
+        "sh",
+        "-c",
+        "cat /etc/shadow-probe 2>&1; echo x > /etc/new 2>&1; mkdir /tmp/mine && echo ok > "
+        "/tmp/mine/f && stat -c '%u %g %a' /tmp/mine/f",
+    )
+    bundle.write()
+    secret = bundle.rootfs / "etc" / "shadow-probe"
+    secret.write_text("secret\n")
+    secret.chmod(0o600)
+    (bundle.rootfs / "tmp").chmod(0o1777)
+    res = runtime("run", "--bundle", str(bundle.path), cid)
+    assert res.returncode == 0, res.stderr
+    assert "Permission denied" in res.stdout and "secret" not in res.stdout
+    assert res.stdout.splitlines()[-1] == "1000 1000 644"
+
+
+def test_binds_and_proc_stay_the_kernels(
+    runtime: Runner, bundle: Bundle, cid: str, tmp_path: Path
+) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "in").write_text("from the host\n")
+    bundle.config["root"]["readonly"] = False
+    bundle.config["mounts"].append(
+        {"destination": "/data", "type": "bind", "source": str(shared), "options": ["rbind"]}
+    )
+    bundle.args(
+        "sh",
+        "-c",
+        "cat /data/in && echo back > /data/out && ln -s /proc/self/status /st && "
+        "grep -c '^Pid:' /st && readlink /proc/self/exe",
+    )
+    bundle.write()
+    res = runtime("run", "--bundle", str(bundle.path), cid)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split("\n")[:2] == ["from the host", "1"]
+    assert (shared / "out").read_text() == "back\n"
+
+
+@pytest.mark.usefixtures("traversable")
+def test_user_namespace_ids_are_mapped(runtime: Runner, bundle: Bundle, cid: str) -> None:
+    from tests.conftest import give_to_mapped_root
+
+    bundle.config["root"]["readonly"] = False
+    bundle.config["linux"]["namespaces"].append({"type": "user"})
+    bundle.config["linux"]["uidMappings"] = [{"containerID": 0, "hostID": 100000, "size": 65536}]
+    bundle.config["linux"]["gidMappings"] = [{"containerID": 0, "hostID": 100000, "size": 65536}]
+    bundle.args(
+        "sh",
+        "-c",
+        "echo x > /f && stat -c '%u %g' /f && mkdir /d && stat -c '%u %g %a' /d "
+        "&& stat -c '%u' /etc/passwd",
+    )
+    bundle.write()
+    give_to_mapped_root(bundle.rootfs)
+    res = runtime("run", "--bundle", str(bundle.path), cid)
+    assert res.returncode == 0, res.stderr
+    # the gofer works with host ids (100000 + n); the workload sees its own
+    assert res.stdout.split() == ["0", "0", "0", "0", "755", "0"]
+
+
+def test_a_relative_path_follows_the_working_directory(
+    runtime: Runner, bundle: Bundle, cid: str
+) -> None:
+    bundle.config["root"]["readonly"] = False
+    bundle.config["process"]["cwd"] = "/tmp"
+    bundle.args(
+        "sh", "-c", "mkdir -p a/b && cd a/b && echo hi > f && cd .. && cat b/f && ls /tmp/a/b"
+    )
+    bundle.write()
+    start = time.monotonic()
+    res = runtime("run", "--bundle", str(bundle.path), cid)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split() == ["hi", "f"], time.monotonic() - start
