@@ -20,18 +20,17 @@ time are in the container's state and the watchdog's in ``watchdog.pid``, so
 listener hangs up (every sandboxed process is gone), or when init's end of
 the socketpair closes before a listener came (create failed).
 
-Routing (transitional)
-----------------------
-Every number the profile routes to the sentry gets a handler. The handlers
-that exist (syscalls/info.py: uname, sethostname, setdomainname,
-sysinfo, time setting) serve their calls for real. Every other routed call
-(the file system and process calls whose handlers come with the gofer and the
-process layer) is answered by :func:`passthrough`: SECCOMP_USER_NOTIF_FLAG_
-CONTINUE *without reading any argument*. That decides nothing, so for those
-calls the sandbox is exactly the ``host`` disposition, no weaker: rule 1
-forbids CONTINUE after inspecting a pointer for a security decision, and here
-no pointer is inspected and no decision is made. docs/SECURITY.md says which
-calls this covers; it goes away as the handlers land.
+Routing
+-------
+Every number the profile routes to the sentry gets a handler
+(syscalls/routes.py). The path-taking calls go through the container's gofer
+(syscalls/files.py), which create starts once init's mount namespace is
+finished and hands over on the same socketpair (``G<pid>`` with the socket,
+after ``P<pid>``). A routed call no handler serves yet (bind on an AF_UNIX
+path, sync, the ioctl requests outside the allowed sets) is answered by
+:func:`passthrough`: SECCOMP_USER_NOTIF_FLAG_CONTINUE *without reading any
+argument*. That decides nothing, so for those calls the sandbox is exactly
+the ``host`` disposition, no weaker; docs/SECURITY.md lists them.
 """
 
 from __future__ import annotations
