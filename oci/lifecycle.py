@@ -256,9 +256,13 @@ class Runtime:
         console_sock: socket.socket | None = None
         ours: socket.socket | None = None
         sentry_sock: _socket.socket | None = None
+        warm_gofer: Any = None
         try:
             if policy is not None:
                 sentry_sock = self._start_sentry(state_dir, rec, spec, policy, cgroup)
+                # The gofer's modules (~8 ms of imports) load while init builds
+                # its root: create's own thread mostly waits on init meanwhile.
+                warm_gofer = _import_in_background("pysandbox.gofer.process")
             if spec.process.terminal:
                 if opts.console_socket:
                     from pysandbox.oci.console import connect_console_socket
@@ -341,6 +345,7 @@ class Runtime:
 
                 send_init_pid(sentry_sock, launched.pid)
                 if rootfs is not None:
+                    warm_gofer.join()
                     self._start_gofer(
                         state_dir, rec, launched.pid, sentry_sock, readonly=spec.root.readonly
                     )
@@ -422,8 +427,8 @@ class Runtime:
         from pysandbox.gofer import process as gofer_process
         from pysandbox.oci.state import cache_dir
         from pysandbox.sentry.service import debug_log_path, send_gofer
-        from pysandbox.syscalls.files import container_mount_points
 
+        mounts = _mount_points(init_pid)
         log_fd = os.open(
             debug_log_path(self.debug_log, rec.id, state_dir),
             os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC,
@@ -434,7 +439,7 @@ class Runtime:
                 "/",
                 readonly=readonly,  # spec's root.readonly: the gofer writes nothing either
                 mount_ns_of=init_pid,
-                kernel_mounts=container_mount_points(init_pid),
+                kernel_mounts=mounts,
                 readonly_view=True,
                 log_fd=log_fd,
                 cache_dir=cache_dir(os.path.dirname(state_dir)),
@@ -447,7 +452,7 @@ class Runtime:
             rec.gofer_pid = gofer.pid
             rec.gofer_start = process_start_time(gofer.pid)
             self.store.save(rec, partial=True)
-            send_gofer(sentry_sock, gofer.sock, gofer.pid)
+            send_gofer(sentry_sock, gofer.sock, gofer.pid, mounts)
         finally:
             gofer.sock.close()  # the sentry's copy is the only one: the gofer ends with it
 
@@ -912,6 +917,29 @@ def kill_sentry(rec: ContainerRecord, state_dir: str, timeout: float = 5.0) -> N
     finally:
         for fd in pidfds:
             os.close(fd)
+
+
+def _import_in_background(module: str) -> Any:
+    """A started thread importing ``module``; join it before using the module."""
+    import importlib
+    import threading
+
+    t = threading.Thread(target=importlib.import_module, args=(module,), name="import")
+    t.start()
+    return t
+
+
+def _mount_points(pid: int) -> list[str]:
+    """Every mount point of ``pid``'s mount namespace but its root, as the
+    container names them (init has pivoted: /proc/PID/mountinfo's paths are
+    relative to its root). The gofer serves the root; these the kernel."""
+    from pysandbox.oci.cgroups import mountinfo_entries
+
+    points: list[str] = []
+    for _root, point, _fstype, _options in mountinfo_entries(f"/proc/{pid}/mountinfo"):
+        if point != "/" and point not in points:
+            points.append(point)
+    return points
 
 
 def _kill_pinned(pid: int, start: int, pidfds: list[int]) -> None:

@@ -200,11 +200,16 @@ def send_init_pid(sock: _socket.socket, pid: int) -> None:
     sock.send(b"P" + str(pid).encode())
 
 
-def send_gofer(sock: _socket.socket, gofer: _socket.socket, pid: int) -> None:
-    """Hand the sentry its end of the container's gofer (after the init pid)
-    and the gofer's host pid (the sentry keeps it on its own CPU)."""
-    fd = gofer.fileno().to_bytes(4, "little")
-    sock.sendmsg([b"G" + str(pid).encode()], [(_SOL_SOCKET, _SCM_RIGHTS, fd)])
+def send_gofer(
+    sock: _socket.socket, gofer: _socket.socket, pid: int, kernel_mounts: list[str]
+) -> None:
+    """Hand the sentry its end of the container's gofer (after the init pid),
+    the gofer's host pid (the sentry keeps it on its own CPU) and the mount
+    points the kernel serves."""
+    from pysandbox.oci import jsonio
+
+    msg = b"G" + jsonio.dumps({"pid": pid, "kernel_mounts": kernel_mounts}).encode()
+    sock.sendmsg([msg], [(_SOL_SOCKET, _SCM_RIGHTS, gofer.fileno().to_bytes(4, "little"))])
 
 
 def request_stats(state_dir: str, timeout: float = 2.0) -> dict[str, dict[str, int]] | None:
@@ -353,7 +358,7 @@ def _main(
     init_pid = 0
     while first is None:
         try:
-            msg, fds = recv_fds(init_sock, 64, 1)
+            msg, fds = recv_fds(init_sock, 1 << 16, 1)
         except OSError:
             return 0
         if not msg and not fds:
@@ -363,7 +368,13 @@ def _main(
             tasks.set_init(init_pid)
         elif msg.startswith(b"G") and fds:
             gofer = _socket.socket(_AF_UNIX, _SOCK_SEQPACKET, 0, fds[0])
-            files.attach(GoferClient(gofer, Credentials(0, 0)), init_pid, int(msg[1:]))
+            about = jsonio.loads(msg[1:].decode())
+            files.attach(
+                GoferClient(gofer, Credentials(0, 0)),
+                init_pid,
+                int(about["pid"]),
+                [str(m) for m in about["kernel_mounts"]],
+            )
             for extra in fds[1:]:
                 os.close(extra)
         elif fds:

@@ -70,7 +70,6 @@ __all__ = [
     "FileHandlers",
     "IdMap",
     "StatusFiles",
-    "container_mount_points",
     "pack_stat",
     "pack_statfs",
     "parse_status",
@@ -243,35 +242,6 @@ class IdMap:
         return _OVERFLOW_ID
 
 
-def container_mount_points(pid: int) -> list[str]:
-    """Every mount point of ``pid``'s mount namespace but its root, as the
-    container names them (init has pivoted: /proc/PID/mountinfo's paths are
-    relative to its root). The gofer serves the root; these the kernel."""
-    points: list[str] = []
-    with open(f"/proc/{pid}/mountinfo", "rb") as f:
-        for line in f:
-            point = _unescape_mountinfo(line.split(b" ", 5)[4])
-            if point != "/" and point not in points:
-                points.append(point)
-    return points
-
-
-def _unescape_mountinfo(field: bytes) -> str:
-    """mountinfo writes space, tab, newline and backslash as octal escapes."""
-    if b"\\" not in field:
-        return os.fsdecode(field)
-    out = bytearray()
-    i = 0
-    while i < len(field):
-        if field[i] == 0x5C and i + 4 <= len(field) and field[i + 1 : i + 4].isdigit():
-            out.append(int(field[i + 1 : i + 4], 8))
-            i += 4
-        else:
-            out.append(field[i])
-            i += 1
-    return os.fsdecode(bytes(out))
-
-
 def _mount_id(raw_statx: bytes) -> int:
     return int.from_bytes(raw_statx[144:152], "little")  # stx_mnt_id
 
@@ -346,9 +316,17 @@ class FileHandlers:
         # caller's root (one more readlink per call, only in such containers).
         self.chrooted = False
 
-    def attach(self, gofer: GoferClient, init_pid: int, gofer_pid: int = 0) -> None:
+    def attach(
+        self,
+        gofer: GoferClient,
+        init_pid: int,
+        gofer_pid: int = 0,
+        kernel_mounts: list[str] | None = None,
+    ) -> None:
+        """Serve through ``gofer`` from now on; ``kernel_mounts``: the container's
+        mount points other than its root (the kernel serves them)."""
         self.gofer_pid = gofer_pid
-        self.kernel_mounts = frozenset(os.fsencode(m) for m in container_mount_points(init_pid))
+        self.kernel_mounts = frozenset(os.fsencode(m) for m in kernel_mounts or ())
         self.uids = IdMap.of(init_pid, "uid")
         self.gids = IdMap.of(init_pid, "gid")
         self.root_uid = self.uids.to_host(0)

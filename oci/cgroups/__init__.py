@@ -82,7 +82,9 @@ def _unescape(field: str) -> str:
     return "".join(out)
 
 
-def _mountinfo(path: str = "/proc/self/mountinfo") -> Iterator[tuple[str, str, str, list[str]]]:
+def mountinfo_entries(
+    path: str = "/proc/self/mountinfo",
+) -> Iterator[tuple[str, str, str, list[str]]]:
     """(root, mountpoint, fstype, super options) of every mount."""
     with open(path, encoding="utf-8", errors="surrogateescape") as f:
         for line in f:
@@ -141,7 +143,7 @@ def v1_mounts(mountinfo: str = "/proc/self/mountinfo") -> dict[str, str]:
     known = _known_subsystems()
     result: dict[str, str] = {}
     try:
-        mounts = list(_mountinfo(mountinfo))
+        mounts = list(mountinfo_entries(mountinfo))
     except OSError as e:
         raise CgroupError(f"cgroup {mountinfo}: read: {e.strerror}") from e
     for _root, mountpoint, fstype, opts in mounts:
@@ -157,7 +159,7 @@ def v2_mountpoint(mountinfo: str = "/proc/self/mountinfo") -> str:
     """Where the unified (cgroup2) hierarchy is mounted; /sys/fs/cgroup preferred."""
     found: list[str] = []
     try:
-        for _root, mountpoint, fstype, _opts in _mountinfo(mountinfo):
+        for _root, mountpoint, fstype, _opts in mountinfo_entries(mountinfo):
             if fstype == "cgroup2":
                 found.append(mountpoint)
     except OSError as e:
@@ -173,7 +175,7 @@ def detect_mode(mountinfo: str = "/proc/self/mountinfo") -> Literal["v1", "v2"]:
     A hybrid host (v1 hierarchies plus a cgroup2 at /sys/fs/cgroup/unified) is v1.
     """
     try:
-        mounts = list(_mountinfo(mountinfo))
+        mounts = list(mountinfo_entries(mountinfo))
     except OSError:
         return "v2" if os.path.exists(os.path.join(CGROUP_ROOT, "cgroup.controllers")) else "v1"
     fstype_at_root = None
