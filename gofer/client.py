@@ -3,8 +3,10 @@
 Each method sends one request and waits for its reply (gofer/protocol.py). A
 failure comes back as ``OSError`` with the errno the gofer got from the
 kernel, acting with the caller's credentials, so the sentry can answer the
-workload with it unchanged. An fd in a reply is an int owned by the caller
-(close-on-exec); nothing here keeps or closes it.
+workload with it unchanged. A path that leads into a mount the gofer does
+not serve (a reply of KERNEL_SERVED) raises :class:`KernelPath` instead, from
+every method: the sentry hands that call to the kernel. An fd in a reply is
+an int owned by the caller (close-on-exec); nothing here keeps or closes it.
 
 The client is safe to share between threads (one request in flight at a
 time, under a lock); a gofer that has gone away raises :class:`GoferGone`.
@@ -38,7 +40,9 @@ AT_SYMLINK_FOLLOW: Final = 0x400
 class KernelPath(Exception):
     """The path leads into a mount the gofer does not serve (/proc, /dev, a bind
     mount): the kernel must answer. Deliberately not an OSError, so that no
-    ``except OSError`` turns it into an errno for the workload."""
+    ``except OSError`` turns it into an errno for the workload. ``path``: the
+    request's path (RENAME's and LINK's first one: the reply does not say
+    which of the two it was)."""
 
     def __init__(self, path: bytes) -> None:
         super().__init__(path)
@@ -114,7 +118,8 @@ class GoferClient:
         if err:
             _close(fds)
             if err == p.KERNEL_SERVED:
-                raise KernelPath(strings[0] if strings else b"")
+                # the path the op resolves (SYMLINK's first string is its target)
+                raise KernelPath(strings[op == p.OP_SYMLINK])
             raise OSError(err, os.strerror(err), strings[0] if strings else None)
         if r_flags & p.REPLY_FD:
             if len(fds) != 1:

@@ -14,8 +14,12 @@ What the confined gofer is left with (DESIGN.md rule 3), in the order
    host only SIGKILL reaches it (the kernel shields a namespace's init).
 2. **Its own mount namespace** whose root is an empty read-only tmpfs
    holding ``/root`` (the container's rootfs, bind-mounted, not recursively:
-   the gofer serves that one file system; the sentry maps other mounts to
-   the extra sources, ``/mounts/N``), that /proc, and nothing of the host.
+   the gofer serves that one file system; the extra sources are
+   ``/mounts/N``), that /proc, and nothing of the host. Where a user
+   namespace locks the container's mounts together the bind has to be
+   recursive; either way the gofer never serves what is mounted on the
+   root: a path into one of ``kernel_mounts`` (or onto any other mount) is
+   answered KERNEL_SERVED, for the kernel to serve (gofer/walk.py).
    The binds are ``nodev``: a device node in the rootfs cannot be opened
    through the gofer (EACCES) until the sentry checks linux.devices.
    ``readonly`` sources are bound read-only (EROFS, from the kernel).
@@ -59,6 +63,7 @@ from pysandbox.sentry.confine import DEFAULT_ACTION, drop_capabilities, pivot_in
 from .client import GoferClient
 from .protocol import Credentials
 from .server import Server
+from .walk import normalize_mounts
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -112,7 +117,7 @@ ALLOWED: Final[dict[str, str]] = {
     "close": "fds the gofer opened and handed over",
     "write": "the log (fd 2)",
     # --- resolution and the operations
-    "openat2": "every lookup: RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS",
+    "openat2": "every lookup (RESOLVE_IN_ROOT), each step of a walk (gofer/walk.py)",
     "newfstatat": 'stat, walk: os.fstat (glibc\'s fstat is fstatat(fd, "", AT_EMPTY_PATH))',
     "fstat": "os.fstat on a glibc older than 2.33",
     "fcntl": "open: F_SETFL to clear the gofer's own O_NONBLOCK",
@@ -122,7 +127,7 @@ ALLOWED: Final[dict[str, str]] = {
     "renameat2": "rename",
     "linkat": "link",
     "symlinkat": "symlink",
-    "readlinkat": "readlink",
+    "readlinkat": "readlink; a walk reads the symlinks it follows (gofer/walk.py)",
     "faccessat2": "access: AT_EACCESS | AT_EMPTY_PATH on the resolved fd",
     "chmod": "chmod through /proc/self/fd/N",
     "fchmodat": "chmod's other entry point in glibc",
@@ -284,20 +289,26 @@ def start(
     restore_after_request: bool = False,
     mount_ns_of: int | None = None,
     readonly_view: bool = False,
-    kernel_mounts: Sequence[str] | None = None,
+    kernel_mounts: Sequence[str] = (),
 ) -> Gofer:
     """Fork a gofer serving ``rootfs`` (mount 0) and ``mounts`` (1..); return once
     it serves. ``log_fd`` becomes its stderr (its log). ``restore_after_request``:
     see gofer/server.py, "Credentials". ``mount_ns_of``: a container's init (host
     pid); the gofer joins its mount namespace first, so the paths name what the
     workload sees (its overlay root, ``"/"``, and its binds), not the bundle.
-    ``kernel_mounts``: the container's mount points other than its root, as
-    it names them; a path into one is answered KERNEL_SERVED (gofer/namei.py).
+    ``kernel_mounts``: absolute paths, as the container names them, of its
+    mount points other than its root (/proc, /dev/pts, /etc/hosts, ...):
+    mounts the gofer does not serve. A path of mount 0 that leads into one,
+    plainly or through symlinks and ``..``, is answered KERNEL_SERVED
+    (gofer/walk.py); the other sources (1..) ignore them.
     ``readonly_view`` (with ``mount_ns_of``): once the gofer has its own
     (writable) copy of that namespace, the container's mount of its root is
     made read-only, so from then on the workload writes its root only
     through the gofer (syscalls/files.py).
-    Raises RuntimeError (after reaping it) when it could not confine itself."""
+    Raises RuntimeError (after reaping it) when it could not confine itself,
+    ValueError for a kernel mount point that is not absolute, has ``..`` or
+    is the root."""
+    points = normalize_mounts(kernel_mounts)
     mnt_ns = -1
     if mount_ns_of is not None:
         mnt_ns = os.open(f"/proc/{mount_ns_of}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
@@ -327,7 +338,6 @@ def start(
         code = 1
         try:
             server_options = {"restore_after_request": restore_after_request}
-            points = None if kernel_mounts is None else [os.fsencode(m) for m in kernel_mounts]
             code = _main(
                 theirs,
                 ours,
@@ -394,7 +404,7 @@ def _main(
     server_options: dict[str, bool],
     mnt_ns: int = -1,
     readonly_view: bool = False,
-    kernel_mounts: list[bytes] | None = None,
+    kernel_mounts: frozenset[bytes] = frozenset(),
 ) -> int:
     import gc
 

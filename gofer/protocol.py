@@ -45,16 +45,27 @@ Reply
     1       1     flags         REPLY_FD: one fd is attached (SCM_RIGHTS)
     2       2     reserved      0
     4       4     request id    the request's (0 when it could not be read)
-    8       4     errno         i32; 0 = success, else the kernel's errno for the caller
+    8       4     errno         i32; 0 = success, KERNEL_SERVED (0x10000), else the
+                                kernel's errno for the caller
     12      ...   results       only on success: the op's result (table below)
+
+``KERNEL_SERVED`` (0x10000, a value no Linux errno takes): the path leads
+into a mount the gofer does not serve (one of the container's mount points
+it was started with, or any mount but the root's file system), so the
+kernel must answer the call; the client raises ``KernelPath``, never an
+OSError. Only mount 0 answers it.
 
 Operations
 ==========
 
 Paths are resolved by the gofer inside the mount's root (openat2
-RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS): absolute or relative, ``..`` and
-symlinks never leave it. ``flags`` fields named ``at`` take AT_SYMLINK_NOFOLLOW
-(0x100) unless noted: do not follow a symlink in the last component.
+RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS): absolute or relative (relative to
+the root), ``..`` and symlinks never leave it. In mount 0 the gofer follows
+symlinks and ``..`` itself, as the kernel's path walk does, to find a path
+that leads into a kernel mount (KERNEL_SERVED; gofer/walk.py). ``flags``
+fields named ``at`` take AT_SYMLINK_NOFOLLOW (0x100) unless noted: do not
+follow a symlink in the last component. OPEN follows it unless O_NOFOLLOW or
+O_CREAT | O_EXCL; the ops on a name (MKDIR to READLINK, BIND) never do.
 
 ============  ==========================  =====================  ==================
 op            fixed fields                strings                result
@@ -63,7 +74,7 @@ STAT          at u32                      path                   stat
 WALK          at u32                      path                   stat + O_PATH fd
 OPEN          open flags u32, mode u32    path                   fd
 MKDIR         mode u32                    path
-MKNOD         mode u32, dev u64           path                   (fifo, socket, file)
+MKNOD         mode u32, dev u64           path                   (fifo, socket, file, dev)
 UNLINK                                    path
 RMDIR                                     path
 RENAME        renameat2 flags u32         old, new
@@ -109,6 +120,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "HEADER",
+    "KERNEL_SERVED",
     "MAX_REPLY",
     "MAX_REQUEST",
     "OPS",
@@ -205,7 +217,7 @@ _CRED_FIXED: Final = struct.Struct("<IIQH")  # uid, gid, caps, ngroups
 REPLY: Final = struct.Struct("<BBHIi")  # op, flags, reserved, request id, errno
 REPLY_FD: Final = 0x1
 # The reply's errno when the path leads into a mount the gofer does not serve
-# (gofer/namei.py): no errno of Linux's has this value. The client raises
+# (gofer/walk.py): no errno of Linux's has this value. The client raises
 # KernelPath; the sentry hands the call to the kernel.
 KERNEL_SERVED: Final = 0x10000
 _U32: Final = struct.Struct("<I")

@@ -15,18 +15,40 @@ the kernel checks all of it under its own locks, so a rename racing the walk
 cannot move the walk outside (it fails with EAGAIN/EXDEV-style errors or
 resolves inside instead).
 
-* Operations on an object (stat, chmod, chown, utimens, truncate, statfs, the
-  xattr calls, connect) resolve it to an O_PATH fd that way (with O_NOFOLLOW
-  when the caller said "don't follow the last component") and then act on
-  that fd: directly (fstat, fstatfs) or through ``/proc/self/fd/N``, which the
-  kernel follows straight to the fd's object, a symlink included, without a
-  second path walk. /proc here is the gofer's own (its own pid namespace,
-  ``subset=pid``: only the gofer is in it; see gofer/process.py).
+In mount 0, the container's root, the gofer must also see where a path
+leads: the other mounts of the container (/proc, /dev/pts, /etc/hosts, ...)
+are not its to serve (it holds the root file system alone), and a path into
+one of them, plainly, through a symlink or through ``..``, is answered
+KERNEL_SERVED for the kernel to serve (gofer/walk.py). So there the openat2
+above also carries RESOLVE_NO_SYMLINKS | RESOLVE_NO_XDEV and is made
+directly only for a path with no ``..`` and no kernel mount point on its
+way (the fast path: one syscall, as before); on ELOOP (a symlink on the
+way), or for a path with ``..``, :class:`~pysandbox.gofer.walk.Walker`
+first follows it one component at a time, as the kernel's walk does, each
+step confined below its directory (RESOLVE_BENEATH), and the operation is
+made on the canonical path it finds, with the same flags (still
+RESOLVE_IN_ROOT: a race can only make it fail or land elsewhere inside).
+Stepping onto any mount (EXDEV) is KERNEL_SERVED too. The other mount
+sources (1..) are resolved as at first, symlinks and all, by the kernel.
+
+* Operations on an object (stat, access, chmod, chown, utimens, truncate,
+  statfs, the xattr calls, connect) resolve it to an O_PATH fd that way
+  (the last component followed unless the caller said "don't follow") and
+  then act on that fd: directly (fstat, fstatfs, faccessat2 AT_EMPTY_PATH)
+  or through ``/proc/self/fd/N``, which the kernel follows straight to the
+  fd's object, a symlink included, without a second path walk. /proc here
+  is the gofer's own (its own pid namespace, ``subset=pid``: only the gofer
+  is in it; see gofer/process.py). open follows the last component unless
+  O_NOFOLLOW or O_CREAT | O_EXCL; O_CREAT through a dangling symlink
+  creates its target (inside the root), as Linux does.
 * Operations on a name (mkdir, mknod, unlink, rmdir, rename, link, symlink,
-  readlink, bind) resolve the *parent* directory that way and then call the
-  ``*at`` function with the single last component, which the kernel never
-  follows when it creates or removes it. ``.`` and ``..`` as a last component
-  are refused here (with the errno Linux gives), so ``*at`` never walks up.
+  readlink, bind) resolve the *parent* directory that way (through symlinks
+  and ``..``) and then call the ``*at`` function with the single last
+  component, which the kernel never follows when it creates or removes it.
+  ``.`` and ``..`` as a last component are refused here (with the errno
+  Linux gives), so ``*at`` never walks up. A parent in a kernel mount, or
+  a name that is a kernel mount point itself, is KERNEL_SERVED: the
+  kernel's EBUSY or EXDEV are its own to give.
 
 An fd is never *reopened* through /proc/self/fd (that would turn an O_PATH
 fd into a readable or writable one without open's permission check): the
@@ -81,11 +103,11 @@ from pysandbox.oci.kernel import (
 )
 
 from . import protocol as p
-from .namei import KernelMount, canonical, plain
+from .walk import Walker, kernel_served
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Callable, Iterable, Sequence
     from types import TracebackType
     from typing import Final
 
@@ -94,7 +116,9 @@ if TYPE_CHECKING:
 __all__ = ["FILE_CAPABILITIES", "CredentialSwitch", "Server"]
 
 _RESOLVE: Final = kernel.RESOLVE_IN_ROOT | kernel.RESOLVE_NO_MAGICLINKS
-_RESOLVE_PLAIN: Final = kernel.RESOLVE_IN_ROOT | kernel.RESOLVE_NO_SYMLINKS
+# Mount 0, the container's root file system (gofer/walk.py): no symlink (the
+# walk follows them itself) and no other mount (those are the kernel's).
+_RESOLVE_ROOTFS: Final = _RESOLVE | kernel.RESOLVE_NO_SYMLINKS | kernel.RESOLVE_NO_XDEV
 _O_PATH: Final = os.O_PATH | os.O_CLOEXEC
 _O_TMPFILE: Final = 0o20000000 | os.O_DIRECTORY
 # Every flag open(2) documents; anything else is refused (openat2 refuses it too).
@@ -275,13 +299,13 @@ class Server:
         *,
         log_fd: int = 2,
         restore_after_request: bool = False,
-        kernel_mounts: Sequence[bytes] | None = None,
+        kernel_mounts: Iterable[str | bytes] = (),
     ) -> None:
         self.sock = sock
         self.roots = tuple(roots)
-        # The container's other mount points (gofer/namei.py): a path into one
-        # is answered KERNEL_SERVED. None: the root has no mounts to mind.
-        self.kernel_mounts = None if kernel_mounts is None else frozenset(kernel_mounts)
+        # Resolution in mount 0, with the container's other mount points (as it
+        # names them): a path into one is answered KERNEL_SERVED (gofer/walk.py).
+        self.walker = Walker(self.roots[0], kernel_mounts)
         self.log_fd = log_fd
         self.restore_after_request = restore_after_request
         self.creds = CredentialSwitch()
@@ -347,8 +371,6 @@ class Server:
             finally:
                 if self.restore_after_request:
                     self.creds.restore()
-        except KernelMount:
-            return p.encode_reply(req.op, req.request_id, p.KERNEL_SERVED), -1
         except OSError as e:
             if e.errno is None:  # raised by Python itself, not the kernel: ours to fix
                 self._crash(req)
@@ -387,41 +409,60 @@ class Server:
 
     # --- resolution -------------------------------------------------------------
 
-    def _open_in(
-        self, req: p.Request, path: bytes, flags: int, mode: int, follow: bool
-    ) -> tuple[int, bytes]:
-        """openat2 of ``path`` inside the request's mount root: (fd, the path as
-        resolved). With kernel mounts to mind (mount 0), a plain path is tried
-        with no symlink allowed, anything else walked first (gofer/namei.py)."""
+    def _open_in(self, req: p.Request, path: bytes, flags: int, mode: int, follow: bool) -> int:
+        """openat2 of ``path`` inside the request's mount root. In mount 0 the
+        fast path or the walk (gofer/walk.py); ``follow``: whether the walk
+        follows a symlink in the last component (the kernel's rule for the op)."""
         root = self.roots[req.mount]
-        mounts = self.kernel_mounts
-        if mounts is not None and req.mount == 0:
-            if plain(path, mounts):
+        if req.mount:
+            return kernel.openat2_bytes(root, path, flags, mode, _RESOLVE)
+        walker = self.walker
+        try:
+            if walker.plain(path):
                 try:
-                    return kernel.openat2_bytes(root, path, flags, mode, _RESOLVE_PLAIN), path
+                    return kernel.openat2_bytes(root, path, flags, mode, _RESOLVE_ROOTFS)
                 except OSError as e:
-                    if e.errno != errno.ELOOP:
+                    if e.errno != errno.ELOOP:  # ELOOP: a symlink on the way, to walk
                         raise
-            path = canonical(root, path, follow, mounts)
-        return kernel.openat2_bytes(root, path, flags, mode, _RESOLVE), path
+            where = walker.walk(path, follow)
+            return kernel.openat2_bytes(root, where, flags, mode, _RESOLVE_ROOTFS)
+        except OSError as e:
+            if e.errno == errno.EXDEV:  # onto a mount: not the root's file system
+                raise kernel_served(path) from None
+            raise
 
     def _resolve(self, req: p.Request, path: bytes, nofollow: bool = False, flags: int = 0) -> int:
         """An O_PATH fd of ``path`` inside the request's mount root."""
         if nofollow:
             flags |= os.O_NOFOLLOW
-        return self._open_in(req, path, _O_PATH | flags, 0, not nofollow)[0]
+        return self._open_in(req, path, _O_PATH | flags, 0, not nofollow)
 
     def _parent(
         self, req: p.Request, path: bytes, dot_err: int, root_err: int, dotdot_err: int = 0
     ) -> tuple[int, bytes]:
-        """(O_PATH fd of the parent directory, last component) for an *at call."""
+        """(O_PATH fd of the parent directory, last component) for an *at call.
+        In mount 0 the parent is walked through symlinks and ``..``, and a
+        parent in a kernel mount, or a name that is a kernel mount point, is
+        KERNEL_SERVED (the kernel's EBUSY, EXDEV... are its own to give)."""
         parent, name = _split(path, dot_err, root_err, dotdot_err)
-        fd, where = self._open_in(req, parent, _O_PATH | os.O_DIRECTORY, 0, True)
-        mounts = self.kernel_mounts
-        if mounts and req.mount == 0 and where.rstrip(b"/") + b"/" + name.rstrip(b"/") in mounts:
-            os.close(fd)
-            raise KernelMount(path)  # the name is a mount point: the kernel's EBUSY, EXDEV...
-        return fd, name
+        root = self.roots[req.mount]
+        flags = _O_PATH | os.O_DIRECTORY
+        if req.mount:
+            return kernel.openat2_bytes(root, parent, flags, 0, _RESOLVE), name
+        walker = self.walker
+        try:
+            if walker.plain(path):  # the whole path: the name may be a mount point
+                try:
+                    return kernel.openat2_bytes(root, parent, flags, 0, _RESOLVE_ROOTFS), name
+                except OSError as e:
+                    if e.errno != errno.ELOOP:
+                        raise
+            where = walker.walk_parent(path, parent, name)
+            return kernel.openat2_bytes(root, where, flags, 0, _RESOLVE_ROOTFS), name
+        except OSError as e:
+            if e.errno == errno.EXDEV:
+                raise kernel_served(path) from None
+            raise
 
     # --- operations on an object ---------------------------------------------------
 
@@ -450,7 +491,7 @@ class Server:
         if flags & os.O_PATH:
             # O_PATH takes no other flags but these (openat2 refuses the rest); the fd
             # grants nothing but naming the object, and the gofer never reopens it.
-            fd, _where = self._open_in(req, path, flags | os.O_CLOEXEC, 0, follow)
+            fd = self._open_in(req, path, flags | os.O_CLOEXEC, 0, follow)
             return b"", fd
         if not (flags & os.O_CREAT or flags & _O_TMPFILE == _O_TMPFILE):
             mode = 0
@@ -458,7 +499,7 @@ class Server:
         # O_NONBLOCK: opening a FIFO must not block the gofer's only thread (the
         # writer the reader waits for may need the gofer to open its end); it is
         # cleared again below unless the caller asked for it.
-        fd, _where = self._open_in(
+        fd = self._open_in(
             req, path, flags | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK, mode, follow
         )
         if not flags & os.O_NONBLOCK:
@@ -486,7 +527,8 @@ class Server:
         fd = self._resolve(req, req.strings[0], _nofollow(at))
         try:
             # AT_EACCESS: the request's ids (the sentry chose real or effective ones)
-            kernel.faccessat2(fd, b"", mode, kernel.AT_EACCESS | kernel.AT_EMPTY_PATH)
+            # (AT_SYMLINK_NOFOLLOW changes nothing on an fd: it was resolved so)
+            kernel.faccessat2(fd, b"", mode, kernel.AT_EACCESS | kernel.AT_EMPTY_PATH | at)
         finally:
             os.close(fd)
         return b"", -1

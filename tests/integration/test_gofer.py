@@ -29,7 +29,7 @@ from pathlib import Path
 import pytest
 
 from pysandbox.gofer import protocol as p
-from pysandbox.gofer.client import GoferClient, GoferGone
+from pysandbox.gofer.client import GoferClient, GoferGone, KernelPath
 from pysandbox.gofer.process import GOFER_CAPABILITIES, Gofer, MountSource, start
 from pysandbox.gofer.server import Server
 from pysandbox.oci import kernel
@@ -145,6 +145,17 @@ def errno_of(fn: object, *args: object, **kwargs: object) -> int:
     if isinstance(result, int) and result >= 0:
         os.close(result)
     return 0
+
+
+KERNEL = "kernel"  # what answer() gives for KernelPath
+
+
+def answer(fn: object, *args: object, **kwargs: object) -> int | str:
+    """errno_of(), or KERNEL when the gofer says the kernel serves the path."""
+    try:
+        return errno_of(fn, *args, **kwargs)
+    except KernelPath:
+        return KERNEL
 
 
 def fd_id(fd: int) -> tuple[int, int]:
@@ -700,34 +711,43 @@ def proc_in_rootfs(tree: Tree) -> Iterator[None]:
 def test_proc_magic_links_are_refused(
     proc_in_rootfs: None, tree: Tree, confine: bool, watch_outside: list[int]
 ) -> None:
-    # The confined gofer binds the rootfs without its submounts: no proc there at all.
-    expected = errno.ENOENT if confine else errno.ELOOP
-    with running(tree, confine=confine) as g:
+    """The same directory as mount 0 and as an extra source (mount 1). The
+    confined gofer binds both without their submounts: no proc there at all.
+    Unconfined, mount 0 never steps onto another mount (the kernel's:
+    KernelPath), and mount 1, resolved with RESOLVE_IN_ROOT alone, meets
+    the magic links and refuses them."""
+    with running(tree, confine=confine, mounts=[MountSource(str(tree.root))]) as g:
         c = g.client(ROOT)
-        paths = [
-            "/proc_passwd",
-            "/proc/self/root/etc/passwd",
-            "/proc/1/root/etc/passwd",
-            "/proc/self/cwd",
-            "/proc/self/exe",
-            f"/proc/self/root{tree.canary}",
-            f"/proc/thread-self/root{tree.canary}",
-        ]
-        for path in paths:
-            # /proc/1/...: the ptrace check on the host's init may come first (EACCES)
-            allowed = (expected, errno.EACCES) if path.startswith("/proc/1/") else (expected,)
-            assert errno_of(c.open, path, os.O_RDONLY) in allowed, path
-            assert errno_of(c.stat, path) in allowed, path
-            assert errno_of(c.open, path, os.O_PATH) in allowed, path
-        fd = os.open(tree.canary, os.O_PATH)  # an fd number the gofer may also hold
-        try:
-            for n in range(0, 8):
-                err = errno_of(c.stat, f"/proc/self/fd/{n}/")
-                assert err in (expected, errno.ENOENT), n
-        finally:
-            os.close(fd)
-        assert errno_of(c.link, "/proc/self/root/etc/passwd", "/stolen", follow=True) == expected
-        assert errno_of(c.connect, "/proc/self/root/run/x.sock") == expected
+        for mount, expected in ((0, KERNEL), (1, errno.ELOOP)):
+            if confine:
+                expected = errno.ENOENT
+            paths = [
+                "/proc_passwd",
+                "/proc/self/root/etc/passwd",
+                "/proc/1/root/etc/passwd",
+                "/proc/self/cwd",
+                "/proc/self/exe",
+                f"/proc/self/root{tree.canary}",
+                f"/proc/thread-self/root{tree.canary}",
+            ]
+            for path in paths:
+                # /proc/1/...: the ptrace check on the host's init may come first (EACCES)
+                allowed = {expected}
+                if path.startswith("/proc/1/") and expected != KERNEL:
+                    allowed.add(errno.EACCES)
+                assert answer(c.open, path, os.O_RDONLY, mount=mount) in allowed, path
+                assert answer(c.stat, path, mount=mount) in allowed, path
+                assert answer(c.open, path, os.O_PATH, mount=mount) in allowed, path
+            fd = os.open(tree.canary, os.O_PATH)  # an fd number the gofer may also hold
+            try:
+                for n in range(0, 8):
+                    got = answer(c.stat, f"/proc/self/fd/{n}/", mount=mount)
+                    assert got in (expected, errno.ENOENT), n
+            finally:
+                os.close(fd)
+            got = answer(c.link, "/proc/self/root/etc/passwd", "/stolen", follow=True, mount=mount)
+            assert got == expected
+            assert answer(c.connect, "/proc/self/root/run/x.sock", mount=mount) == expected
 
 
 def _swapper(tree: Tree, stop: threading.Event, counter: list[int]) -> None:

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import errno
 import os
+import socket
 import struct
+from collections.abc import Callable
 
 import pytest
 
 from pysandbox.gofer import protocol as p
+from pysandbox.gofer.client import GoferClient, KernelPath
 
 CRED = p.Credentials(1000, 1001, (5, 27, 1001), caps=(1 << 0) | (1 << 31))
 ROOT = p.Credentials(0, 0)
@@ -211,3 +214,37 @@ def test_encode_refuses_out_of_range_fields() -> None:
 def test_max_reply_holds_the_largest_result() -> None:
     assert p.REPLY.size + p.XATTR_SIZE_MAX <= p.MAX_REPLY
     assert p.REPLY.size + p.STAT.size <= p.MAX_REPLY
+
+
+def test_kernel_served_is_no_errno() -> None:
+    assert p.KERNEL_SERVED not in errno.errorcode
+    assert max(errno.errorcode) < p.KERNEL_SERVED < 1 << 31  # an i32 on the wire
+    reply = p.encode_reply(p.OP_OPEN, 5, p.KERNEL_SERVED)
+    assert p.REPLY.unpack(reply) == (p.OP_OPEN, 0, 0, 5, p.KERNEL_SERVED)
+
+
+def test_the_client_raises_kernel_path_for_kernel_served() -> None:
+    """Not an OSError (no ``except OSError`` may swallow it), and it names the
+    path the request resolves: SYMLINK's second string, not its target."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    client = GoferClient(ours, ROOT)
+    try:
+        calls: list[tuple[int, Callable[[], object], bytes]] = [
+            (p.OP_STAT, lambda: client.stat("/proc/self/status"), b"/proc/self/status"),
+            (p.OP_ACCESS, lambda: client.access(b"/x/self", os.R_OK), b"/x/self"),
+            (p.OP_SYMLINK, lambda: client.symlink("target", "/dev/pts/l"), b"/dev/pts/l"),
+            (p.OP_OPEN, lambda: client.open("/etc/mtab", os.O_RDONLY), b"/etc/mtab"),
+        ]
+        for rid, (op, call, path) in enumerate(calls, 1):
+            theirs.send(p.encode_reply(op, rid, p.KERNEL_SERVED))  # answered before asked
+            with pytest.raises(KernelPath) as info:
+                call()
+            assert not isinstance(info.value, OSError)
+            assert info.value.path == path
+            assert p.decode_request(theirs.recv(p.MAX_REQUEST)).op == op
+        theirs.send(p.encode_reply(p.OP_ACCESS, len(calls) + 1, errno.EACCES))
+        with pytest.raises(PermissionError):
+            client.access("/secret", os.R_OK)
+    finally:
+        ours.close()
+        theirs.close()
