@@ -114,6 +114,8 @@ import os
 import struct
 from typing import NamedTuple
 
+from pysandbox.oci import kernel
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Final
@@ -210,6 +212,32 @@ OPS: Final[dict[int, OpSpec]] = {
     OP_CONNECT: _spec("connect", "I", PATH),
     OP_ACCESS: _spec("access", "II", PATH),
 }
+
+# Every flag open(2) documents, as the kernel numbers them (Python's
+# os.O_LARGEFILE is 0 on 64-bit, the kernel's bit is not). The gofer refuses
+# any other (openat2 does too); the sentry drops the others first, since open
+# and openat ignore unknown bits.
+O_TMPFILE: Final = 0o20000000 | os.O_DIRECTORY
+OPEN_FLAGS: Final = (
+    os.O_ACCMODE
+    | os.O_CREAT
+    | os.O_EXCL
+    | os.O_NOCTTY
+    | os.O_TRUNC
+    | os.O_APPEND
+    | os.O_NONBLOCK
+    | os.O_DSYNC
+    | os.O_SYNC
+    | os.O_DIRECT
+    | kernel.O_LARGEFILE
+    | os.O_DIRECTORY
+    | os.O_NOFOLLOW
+    | os.O_NOATIME
+    | os.O_CLOEXEC
+    | os.O_PATH
+    | O_TMPFILE
+    | 0o20000  # FASYNC: accepted and ignored at open, as Linux does
+)
 
 # --- framing -------------------------------------------------------------------
 HEADER: Final = struct.Struct("<BBHI")  # op, flags, mount, request id

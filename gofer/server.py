@@ -120,28 +120,7 @@ _RESOLVE: Final = kernel.RESOLVE_IN_ROOT | kernel.RESOLVE_NO_MAGICLINKS
 # walk follows them itself) and no other mount (those are the kernel's).
 _RESOLVE_ROOTFS: Final = _RESOLVE | kernel.RESOLVE_NO_SYMLINKS | kernel.RESOLVE_NO_XDEV
 _O_PATH: Final = os.O_PATH | os.O_CLOEXEC
-_O_TMPFILE: Final = 0o20000000 | os.O_DIRECTORY
-# Every flag open(2) documents; anything else is refused (openat2 refuses it too).
-_OPEN_FLAGS: Final = (
-    os.O_ACCMODE
-    | os.O_CREAT
-    | os.O_EXCL
-    | os.O_NOCTTY
-    | os.O_TRUNC
-    | os.O_APPEND
-    | os.O_NONBLOCK
-    | os.O_DSYNC
-    | os.O_SYNC
-    | os.O_DIRECT
-    | os.O_LARGEFILE
-    | os.O_DIRECTORY
-    | os.O_NOFOLLOW
-    | os.O_NOATIME
-    | os.O_CLOEXEC
-    | os.O_PATH
-    | _O_TMPFILE
-    | 0o20000  # FASYNC: accepted and ignored at open, as Linux does
-)
+_O_TMPFILE: Final = p.O_TMPFILE
 # The status flags F_SETFL restores after the gofer's own O_NONBLOCK open.
 _SETFL_KEEP: Final = os.O_APPEND | os.O_DIRECT | os.O_NOATIME
 _SOCK_TYPES: Final = (_socket.SOCK_STREAM, _socket.SOCK_DGRAM, _socket.SOCK_SEQPACKET)
@@ -483,7 +462,7 @@ class Server:
 
     def op_open(self, req: p.Request) -> tuple[bytes, int]:
         flags, mode = req.args
-        if flags & ~_OPEN_FLAGS or mode & ~0o7777:
+        if flags & ~p.OPEN_FLAGS or mode & ~0o7777:
             raise _err(errno.EINVAL)
         path = req.strings[0]
         # the kernel's rules for the last component: O_CREAT|O_EXCL never follows

@@ -53,7 +53,7 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 from pysandbox.gofer.client import GoferClient, KernelPath
-from pysandbox.gofer.protocol import Credentials, Stat, StatFS
+from pysandbox.gofer.protocol import O_TMPFILE, OPEN_FLAGS, Credentials, Stat, StatFS
 from pysandbox.oci import kernel as k
 from pysandbox.sentry.loop import CONTINUE, Call, Errno, Handler, InstallFd, Result
 
@@ -83,28 +83,6 @@ _U32: Final = 0xFFFFFFFF
 _UTIME_NOW: Final = (1 << 30) - 1
 _UTIME_OMIT: Final = (1 << 30) - 2
 _OVERFLOW_ID: Final = 65534
-_O_TMPFILE: Final = 0o20000000 | os.O_DIRECTORY
-# open(2)'s flags the gofer takes; open and openat ignore any other bit (openat2 refuses them)
-_OPEN_KNOWN: Final = (
-    os.O_ACCMODE
-    | os.O_CREAT
-    | os.O_EXCL
-    | os.O_NOCTTY
-    | os.O_TRUNC
-    | os.O_APPEND
-    | os.O_NONBLOCK
-    | os.O_DSYNC
-    | os.O_SYNC
-    | os.O_DIRECT
-    | k.O_LARGEFILE
-    | os.O_DIRECTORY
-    | os.O_NOFOLLOW
-    | os.O_NOATIME
-    | os.O_CLOEXEC
-    | os.O_PATH
-    | _O_TMPFILE
-    | 0o20000  # FASYNC
-)
 _STAT: Final = struct.Struct("<QQQIIIiQqqqqqqqqq24x")  # x86_64 struct stat, 144 bytes
 _STATFS: Final = struct.Struct("<qqQQQQQiiqqq32x")  # x86_64 struct statfs, 120 bytes
 _TIMEVAL2: Final = struct.Struct("<qqqq")
@@ -538,7 +516,7 @@ class FileHandlers:
     # --- open ----------------------------------------------------------------------
 
     def _open(self, call: Call, dirfd: int, addr: int, flags: int, mode: int) -> Result:
-        flags &= _OPEN_KNOWN
+        flags &= OPEN_FLAGS  # open and openat ignore any other bit
         path = self._path(call, dirfd, addr, kernel_check=False)
         assert path is not None
         if self.proc is not None:
@@ -551,7 +529,7 @@ class FileHandlers:
             # opens it in its read-only view.
             return CONTINUE
         creds = self.status.creds(call.pid)
-        if flags & os.O_CREAT or flags & _O_TMPFILE == _O_TMPFILE:
+        if flags & os.O_CREAT or flags & O_TMPFILE == O_TMPFILE:
             mode = mode & 0o7777 & ~creds.umask
         else:
             mode = 0
@@ -578,11 +556,11 @@ class FileHandlers:
         if size < _OPEN_HOW.size:
             return _einval()
         flags, mode, resolve = _OPEN_HOW.unpack(call.read(how_addr, _OPEN_HOW.size))
-        if resolve or flags & ~_OPEN_KNOWN or mode & ~0o7777:
+        if resolve or flags & ~OPEN_FLAGS or mode & ~0o7777:
             # RESOLVE_* scoping and the strict checks are the kernel's to apply
             # (in its read-only view); a bad flag is EINVAL there too.
             return CONTINUE
-        if mode and not (flags & os.O_CREAT or flags & _O_TMPFILE == _O_TMPFILE):
+        if mode and not (flags & os.O_CREAT or flags & O_TMPFILE == O_TMPFILE):
             return _einval()
         return self._open(call, dirfd, addr, flags, mode)
 

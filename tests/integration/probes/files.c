@@ -196,6 +196,8 @@ int main(void) {
     printf("  statx islnk %d\n", S_ISLNK(stx.stx_mode));
     T("statx-bad-flags", statx(AT_FDCWD, "/w/g2", 0x6000, STATX_TYPE, &stx));
     FD("tmpfile", open("/w", O_TMPFILE | O_RDWR, 0600));
+    /* the kernel's own O_LARGEFILE bit (glibc leaves it out on x86_64) */
+    FD("open-largefile", syscall(SYS_openat, AT_FDCWD, "/w/g2", O_RDONLY | 0100000));
     FD("openat2", syscall(SYS_openat2, AT_FDCWD, "/w/g2", &(struct { unsigned long long f, m, r; }){O_RDONLY, 0, 0}, 24));
     /* the kernel's mounts stay the kernel's */
     n = readlink("/proc/self/cwd", buf, sizeof buf);
