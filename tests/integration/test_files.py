@@ -198,14 +198,18 @@ def test_user_namespace_ids_are_mapped(runtime: Runner, bundle: Bundle, cid: str
         "sh",
         "-c",
         "echo x > /f && stat -c '%u %g' /f && mkdir /d && stat -c '%u %g %a' /d "
-        "&& stat -c '%u' /etc/passwd",
+        "&& stat -c '%u' /etc/passwd && chown 5:6 /f && stat -c '%u %g' /f",
     )
+    caps = bundle.config["process"]["capabilities"]
+    for key in ("bounding", "effective", "permitted"):
+        caps[key] = [*caps.get(key, []), "CAP_CHOWN"]  # runc's default set lacks it
     bundle.write()
     give_to_mapped_root(bundle.rootfs)
     res = runtime("run", "--bundle", str(bundle.path), cid)
     assert res.returncode == 0, res.stderr
     # the gofer works with host ids (100000 + n); the workload sees its own
-    assert res.stdout.split() == ["0", "0", "0", "0", "755", "0"]
+    # chown's ids are mapped to the host's on the way in, and back for stat
+    assert res.stdout.split() == ["0", "0", "0", "0", "755", "0", "5", "6"]
 
 
 def test_a_relative_path_follows_the_working_directory(
