@@ -243,7 +243,9 @@ def test_racing_thread_cannot_change_what_the_sentry_decided_on() -> None:
         t.start()
         ok = denied = 0
         wrong: list[str] = []
-        for _ in range(400):
+        # 400 calls, and more until one got through: on a loaded machine the
+        # flipper may own the CPU for all of the first 400 (each then denied)
+        while ok + denied < 400 or (ok == 0 and denied < 4000):
             if _libc.sethostname(buf, 8) == 0:
                 ok += 1
                 name = os.uname().nodename
@@ -257,7 +259,7 @@ def test_racing_thread_cannot_change_what_the_sentry_decided_on() -> None:
 
     run = serve_child(body, routes)
     assert run.report["wrong"] == []
-    assert run.report["ok"] + run.report["denied"] == 400
+    assert run.report["ok"] + run.report["denied"] >= 400
     assert run.report["ok"] > 0
     assert set(seen) == {good}
 
