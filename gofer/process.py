@@ -47,22 +47,12 @@ import time
 from typing import NamedTuple
 
 from pysandbox.oci import kernel
-from pysandbox.oci.kernel import (
-    CAP_CHOWN,
-    CAP_DAC_OVERRIDE,
-    CAP_DAC_READ_SEARCH,
-    CAP_FOWNER,
-    CAP_FSETID,
-    CAP_MKNOD,
-    CAP_SETFCAP,
-    CAP_SETGID,
-    CAP_SETUID,
-)
+from pysandbox.oci.kernel import CAP_SETGID, CAP_SETUID
 from pysandbox.sentry.confine import DEFAULT_ACTION, drop_capabilities, pivot_into
 
 from .client import GoferClient
 from .protocol import Credentials
-from .server import Server
+from .server import FILE_CAPABILITIES, Server
 from .walk import normalize_mounts
 
 TYPE_CHECKING = False
@@ -90,21 +80,9 @@ __all__ = ["ALLOWED", "CONSTRAINED", "GOFER_CAPABILITIES", "Gofer", "MountSource
 #   gofer: its mount is nodev; the kernel opens them, under the container's
 #   device cgroup).
 # Not kept: CAP_SYS_ADMIN (the mounts are made before the drop; trusted.*
-# xattrs are refused), CAP_SETPCAP (only
-# to shrink the bounding set, which happens before it goes), everything else.
-GOFER_CAPABILITIES: Final = frozenset(
-    {
-        CAP_CHOWN,
-        CAP_DAC_OVERRIDE,
-        CAP_DAC_READ_SEARCH,
-        CAP_FOWNER,
-        CAP_FSETID,
-        CAP_MKNOD,
-        CAP_SETFCAP,
-        CAP_SETUID,
-        CAP_SETGID,
-    }
-)
+# xattrs are refused), CAP_SETPCAP (only to shrink the bounding set, which
+# happens before it goes), everything else.
+GOFER_CAPABILITIES: Final = FILE_CAPABILITIES | {CAP_SETUID, CAP_SETGID}
 
 # Every call the gofer makes once confined, and why (x86_64 names): what
 # tests/integration/test_gofer.py makes it do under ``strace -ff``, plus the
