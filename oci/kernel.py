@@ -8,6 +8,7 @@ functions that raise OSError with the kernel's errno, like the os module does.
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 
 TYPE_CHECKING = False
@@ -318,15 +319,12 @@ CLOSE_RANGE_CLOEXEC: Final = 1 << 2
 
 def openat2(dirfd: int, path: str, flags: int, mode: int = 0, resolve: int = 0) -> int:
     """openat2(2): open path relative to dirfd with RESOLVE_* rules; returns the fd."""
-    how = _OpenHow(flags, mode if flags & os.O_CREAT else 0, resolve)
-    ret = _syscall(
-        SYS_OPENAT2,
-        ctypes.c_int(dirfd),
-        path.encode(),
-        ctypes.byref(how),
-        ctypes.c_size_t(ctypes.sizeof(how)),
-    )
-    return _check_path(ret, path)
+    try:
+        return openat2_bytes(
+            dirfd, path.encode(), flags, mode if flags & os.O_CREAT else 0, resolve
+        )
+    except OSError as e:
+        raise OSError(e.errno, e.strerror, path) from None
 
 
 def seccomp_load_bpf(prog: bytes, flags: int = 0) -> int:
@@ -1122,19 +1120,31 @@ _timespec2 = _struct.Struct("=qqqq")
 _open_hows: dict[tuple[int, int, int], object] = {}
 
 
+_EAGAIN_RETRIES: Final = 256
+
+
 def openat2_bytes(dirfd: int, path: bytes, flags: int, mode: int = 0, resolve: int = 0) -> int:
-    """openat2(2) with a bytes path (any bytes but NUL, as the kernel takes them)."""
+    """openat2(2) with a bytes path (any bytes but NUL, as the kernel takes them).
+
+    EAGAIN is retried, as openat2(2) asks of its callers: a scoped lookup
+    (RESOLVE_IN_ROOT, RESOLVE_BENEATH) through ``..`` fails with it whenever
+    any mount or rename anywhere on the host raced it (~2% of such lookups
+    while another process mounts in a loop, measured), which says nothing
+    about the path."""
     key = (flags, mode, resolve)
     how = _open_hows.get(key)
     if how is None:
         how = ctypes.byref(_OpenHow(flags, mode, resolve))  # keeps the struct alive
         if len(_open_hows) < 256:
             _open_hows[key] = how
-    ret = _syscall(SYS_OPENAT2, dirfd, path, how, 24)
-    if ret < 0:
+    for _ in range(_EAGAIN_RETRIES):
+        ret = _syscall(SYS_OPENAT2, dirfd, path, how, 24)
+        if ret >= 0:
+            return int(ret)
         err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err), path)
-    return int(ret)
+        if err != errno.EAGAIN:
+            break
+    raise OSError(err, os.strerror(err), path)
 
 
 def renameat2(olddirfd: int, old: bytes, newdirfd: int, new: bytes, flags: int = 0) -> None:
