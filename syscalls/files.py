@@ -567,6 +567,7 @@ class FileHandlers:
     # --- stat, access, readlink, statfs ----------------------------------------------
 
     def _stat(self, call: Call, dirfd: int, addr: int, buf: int, flags: int) -> Result:
+        flags = s32(flags)  # an int: the register's upper half is not the caller's
         if flags & ~(k.AT_SYMLINK_NOFOLLOW | k.AT_NO_AUTOMOUNT | k.AT_EMPTY_PATH):
             return _einval()
         path = self._path(call, dirfd, addr, flags & k.AT_EMPTY_PATH)
@@ -608,6 +609,7 @@ class FileHandlers:
 
     def _access(self, call: Call, dirfd: int, addr: int, mode: int, flags: int) -> Result:
         mode &= _U32
+        flags = s32(flags)
         if mode & ~7 or flags & ~(k.AT_EACCESS | k.AT_SYMLINK_NOFOLLOW | k.AT_EMPTY_PATH):
             return _einval()
         path = self._path(call, dirfd, addr, flags & k.AT_EMPTY_PATH)
@@ -661,11 +663,13 @@ class FileHandlers:
         creds = self.status.creds(call.pid)
         call.verify()
         perms = mode & 0o7777 & ~creds.umask
+        dev &= _U32  # new_decode_dev of the kernel's u32
         rdev = os.makedev((dev >> 8) & 0xFFF, (dev & 0xFF) | ((dev >> 12) & 0xFFF00))
         self._g.mknod(path, kind | perms, rdev, cred=self._cred(creds))
         return 0
 
     def _unlink(self, call: Call, dirfd: int, addr: int, flags: int) -> Result:
+        flags = s32(flags)
         if flags & ~k.AT_REMOVEDIR:
             return _einval()
         path = self._path(call, dirfd, addr)
@@ -702,6 +706,7 @@ class FileHandlers:
     def _link(
         self, call: Call, olddir: int, old_addr: int, newdir: int, new_addr: int, flags: int
     ) -> Result:
+        flags = s32(flags)
         if flags & ~(k.AT_SYMLINK_FOLLOW | k.AT_EMPTY_PATH):
             return _einval()
         old = self._path(call, olddir, old_addr, flags & k.AT_EMPTY_PATH, kernel_check=False)
@@ -727,6 +732,7 @@ class FileHandlers:
     # --- attributes: chmod, chown, utimes, truncate -----------------------------------
 
     def _chmod(self, call: Call, dirfd: int, addr: int, mode: int, flags: int) -> Result:
+        flags = s32(flags)
         if flags & ~(k.AT_SYMLINK_NOFOLLOW | k.AT_EMPTY_PATH):
             return _einval()
         path = self._path(call, dirfd, addr, flags & k.AT_EMPTY_PATH)
@@ -741,6 +747,7 @@ class FileHandlers:
         return 0
 
     def _chown(self, call: Call, dirfd: int, addr: int, uid: int, gid: int, flags: int) -> Result:
+        flags = s32(flags)
         if flags & ~(k.AT_SYMLINK_NOFOLLOW | k.AT_EMPTY_PATH):
             return _einval()
         path = self._path(call, dirfd, addr, flags & k.AT_EMPTY_PATH)

@@ -115,6 +115,14 @@ int main(void) {
     T("stat-dotdot", stat("/w/sub/../f", &st));
     T("stat-dotdot-above-root", stat("/../../w/f", &st));
     T("stat-dotdot-through-link", stat("/w/lnabs/../f", &st));
+    /* int arguments with garbage in the register's upper half: the kernel ignores it */
+    T("newfstatat-high-bits",
+      syscall(SYS_newfstatat, 0xdead00000000L | (unsigned)AT_FDCWD, "/w/f", &st,
+              0xbeef00000000L | AT_SYMLINK_NOFOLLOW));
+    T("faccessat2-high-bits", syscall(SYS_faccessat2, AT_FDCWD, "/w/f", 0x100000000L | R_OK,
+                                      0x700000000L | AT_EACCESS));
+    T("unlinkat-high-bits", ({ mkdir("/w/hb", 0700);
+      syscall(SYS_unlinkat, AT_FDCWD, "/w/hb", 0x500000000L | AT_REMOVEDIR); }));
     T("stat-empty", stat("", &st));
     T("stat-bad-pointer", stat((char *)8, &st));
     T("stat-bad-buffer", stat("/w/f", (struct stat *)8));
