@@ -68,7 +68,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
     from typing import Final
 
-__all__ = ["MAXSYMLINKS", "Walker", "kernel_served", "normalize_mounts"]
+__all__ = ["MAXSYMLINKS", "Walker", "kernel_served", "mount_prefix_matcher", "normalize_mounts"]
 
 _KNOWN_MAX: Final = 4096  # paths whose plain() answer is kept (then all are forgotten)
 MAXSYMLINKS: Final = 40  # the kernel's limit on the symlinks one lookup follows
@@ -112,6 +112,19 @@ def normalize_mounts(paths: Iterable[str | bytes]) -> frozenset[bytes]:
     return frozenset(out)
 
 
+def mount_prefix_matcher(mounts: frozenset[bytes]) -> Callable[[bytes], object] | None:
+    """A match function saying whether a path begins with one of ``mounts``
+    (normalized: :func:`normalize_mounts`), relative or absolute, with "//"
+    and "/./" anywhere, ending at a component boundary: one C call. None when
+    there are no mounts. (``..`` is not looked at: a caller that must be
+    exact about it checks for it first.)"""
+    if not mounts:
+        return None
+    gap = rb"/(?:\.?/)*"
+    points = b"|".join(gap.join(re.escape(c) for c in m[1:].split(b"/")) for m in sorted(mounts))
+    return re.compile(rb"(?:\.?/)*(?:" + points + rb")(?:/|\Z)").match
+
+
 def _components(path: bytes) -> tuple[list[bytes], bool]:
     """(the components but empty ones and ``.``, whether the last one must be a
     directory: the path ends in ``/`` or ``/.``)."""
@@ -128,17 +141,8 @@ class Walker:
     def __init__(self, root: int, kernel_mounts: Iterable[str | bytes] = ()) -> None:
         self.root = root
         self.mounts = normalize_mounts(kernel_mounts)
-        self._match: Callable[[bytes], object] | None = None
+        self._match = mount_prefix_matcher(self.mounts)
         self._known: dict[bytes, bool] = {}  # plain()'s answers, a pure function of the path
-        if self.mounts:
-            # One C call on the fast path: does the path begin with a mount point
-            # (relative or absolute, "//" and "/./" anywhere) that ends at a
-            # component boundary?
-            gap = rb"/(?:\.?/)*"
-            points = b"|".join(
-                gap.join(re.escape(c) for c in m[1:].split(b"/")) for m in sorted(self.mounts)
-            )
-            self._match = re.compile(rb"(?:\.?/)*(?:" + points + rb")(?:/|\Z)").match
 
     def plain(self, path: bytes) -> bool:
         """Whether ``path`` may take the fast path: no ``..`` component and no

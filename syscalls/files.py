@@ -54,6 +54,7 @@ from typing import NamedTuple
 
 from pysandbox.gofer.client import GoferClient, KernelPath
 from pysandbox.gofer.protocol import O_TMPFILE, OPEN_FLAGS, Credentials, Stat, StatFS
+from pysandbox.gofer.walk import mount_prefix_matcher, normalize_mounts
 from pysandbox.oci import kernel as k
 from pysandbox.sentry.loop import CONTINUE, Call, Errno, Handler, InstallFd, Result
 
@@ -287,7 +288,8 @@ class FileHandlers:
         self.gofer_prefix = b"/"  # where the gofer's view of "/" is, as its fds say
         self.gofer_mount = -1  # and its mount id
         self.gofer_pid = 0
-        self.kernel_mounts: frozenset[bytes] = frozenset()  # mount points the kernel serves
+        # does a path begin with a mount point the kernel serves? (gofer/walk.py)
+        self._kernel_mount_at: Callable[[bytes], object] | None = None
         self._gofer_cpu = -1  # the CPU the gofer was last pinned to
         self.status = StatusFiles()
         # Set once any task chroot()s: paths are then taken relative to each
@@ -304,7 +306,7 @@ class FileHandlers:
         """Serve through ``gofer`` from now on; ``kernel_mounts``: the container's
         mount points other than its root (the kernel serves them)."""
         self.gofer_pid = gofer_pid
-        self.kernel_mounts = frozenset(os.fsencode(m) for m in kernel_mounts or ())
+        self._kernel_mount_at = mount_prefix_matcher(normalize_mounts(kernel_mounts or ()))
         self.uids = IdMap.of(init_pid, "uid")
         self.gids = IdMap.of(init_pid, "gid")
         self.root_uid = self.uids.to_host(0)
@@ -466,19 +468,10 @@ class FileHandlers:
         """Whether ``path`` plainly names something in a mount the kernel serves
         (/proc/self/status, /dev/null): the gofer need not be asked. A path
         with ``..`` or a symlink on the way is the gofer's to judge."""
-        mounts = self.kernel_mounts
-        if not mounts:
+        match = self._kernel_mount_at
+        if match is None or match(path) is None:
             return False
-        prefix = b""
-        for part in path.split(b"/"):
-            if not part or part == b".":
-                continue
-            if part == b"..":
-                return False
-            prefix += b"/" + part
-            if prefix in mounts:
-                return True
-        return False
+        return b".." not in path or b".." not in path.split(b"/")
 
     def _from_gofer(self, link: str, base: bytes) -> bytes:
         """A directory the gofer opened (the workload's fd, or the cwd it

@@ -71,6 +71,11 @@ _UNLIMITED: Final = 1 << 62  # cgroup v1 reports "no limit" as a huge page-align
 _PATH_MAX: Final = 4096
 
 
+def _reads_only(flags: int) -> bool:
+    """A read-only open with no flag beyond those a virtual file can honour."""
+    return flags & os.O_ACCMODE == os.O_RDONLY and not flags & ~_READ_FLAGS & ~os.O_ACCMODE
+
+
 def resource_files(mode: str, dirs: Mapping[str, str]) -> dict[str, str]:
     """Where a container's limits live: {what: file}, for :class:`ContainerView`.
 
@@ -379,8 +384,8 @@ class ProcHandlers:
 
     def _serve(self, call: Call, path_addr: int, flags: int) -> Result:
         flags &= 0xFFFFFFFF
-        if flags & os.O_ACCMODE != os.O_RDONLY or flags & ~_READ_FLAGS & ~os.O_ACCMODE:
-            return CONTINUE
+        if not _reads_only(flags):
+            return CONTINUE  # decided before any memory is read
         try:
             path = call.read_cstring(path_addr, _PATH_MAX)
         except OSError:
@@ -395,7 +400,7 @@ class ProcHandlers:
         if render is None:
             return None
         flags &= 0xFFFFFFFF
-        if flags & os.O_ACCMODE != os.O_RDONLY or flags & ~_READ_FLAGS & ~os.O_ACCMODE:
+        if not _reads_only(flags):
             return None
         call.verify()  # rule 1: the path read was this caller's, and it still waits
         if call.tracing:
