@@ -493,6 +493,26 @@ class FileHandlers:
         call.verify()
         return self._cred(creds)
 
+    # --- for other areas' handlers that name a path in the root (bind(2)) ----------
+
+    def path_of(self, call: Call, dirfd: int, addr: int) -> bytes:
+        """The absolute container path (dirfd, addr) names; ``KernelPath`` when it
+        plainly leads into a mount the kernel serves (the caller CONTINUEs)."""
+        path = self._path(call, dirfd, addr)
+        assert path is not None
+        return path
+
+    def caller_and_umask(self, call: Call) -> tuple[Credentials, int]:
+        """The caller's credentials for the gofer and its umask, verified (rule 1)."""
+        creds = self.status.creds(call.pid)
+        call.verify()
+        return self._cred(creds), creds.umask
+
+    @property
+    def gofer_client(self) -> GoferClient | None:
+        """The gofer, pinned to this CPU; None until :meth:`attach`."""
+        return None if self.gofer is None else self._g
+
     @property
     def _g(self) -> GoferClient:
         """The gofer, on this CPU: the sentry runs where the caller runs (the
