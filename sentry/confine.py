@@ -139,6 +139,7 @@ ALLOWED: Final[dict[str, str]] = {
     "getdents64": "os.listdir of /proc/PID/task, /proc/self/fd",
     "readlink": "/proc/PID/ns/*, /proc/PID/fd/* (task table, fd resolution)",
     "readlinkat": "readlink's other entry point",
+    "getxattr": "whether a directory has a POSIX ACL (syscalls/lookup.py: then the gofer judges)",
     "fcntl": "CPython checks and sets fd flags (F_GETFD, F_GETFL)",
     "process_vm_readv": "reading a caller's arguments (rule 1: copy first)",
     "process_vm_writev": "writing results into a caller (uname, sysinfo, ...)",

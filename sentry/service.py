@@ -98,6 +98,10 @@ class SentryOptions:
     cgroup_roots: tuple[str, ...] = ()
     # the spec's maskedPaths: the sentry serves none of them
     masked_paths: tuple[str, ...] = ()
+    # False when the workload may write its root although the kernel's view of
+    # it is read-only (the spec's root is writable and a gofer serves it): the
+    # mount tables then say "rw" for / (syscalls/procfs.py)
+    root_readonly: bool = True
 
 
 def debug_log_path(pattern: str, container_id: str, state_dir: str) -> str:
@@ -324,8 +328,11 @@ def _main(
     )
     tasks = TaskTable()
     tasks.exclude(os.getpid())
-    proc = ProcHandlers(view, masked=options.masked_paths)
+    proc = ProcHandlers(
+        view, masked=options.masked_paths, root_readonly=options.root_readonly, tasks=tasks
+    )
     files = FileHandlers(proc)
+    files.use_routing(routing)  # credentials are cached only if their changes are seen
     sentry = Sentry(
         build_routes(
             routing,

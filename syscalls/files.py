@@ -49,8 +49,7 @@ import errno
 import os
 import stat
 import struct
-from collections.abc import Callable
-from typing import NamedTuple
+from collections.abc import Callable, Collection
 
 from pysandbox.gofer.client import GoferClient, KernelPath
 from pysandbox.gofer.protocol import O_TMPFILE, OPEN_FLAGS, Credentials, Stat, StatFS
@@ -59,6 +58,8 @@ from pysandbox.oci import kernel as k
 from pysandbox.sentry.loop import CONTINUE, Call, Errno, Handler, InstallFd, Result
 
 from .args import s32
+from .creds import CHANGE_ANY, CHANGE_OWN, CredCache, Creds, StatusFiles, parse_status, read_creds
+from .lookup import Lookup, NotJudged, Who
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -97,96 +98,6 @@ _STATX_MNT_ID: Final = 0x1000
 _current_cpu = k.current_cpu
 
 
-class Creds(NamedTuple):
-    """What /proc/TID/status says of a task's credentials (host ids)."""
-
-    ruid: int
-    fsuid: int
-    rgid: int
-    fsgid: int
-    groups: tuple[int, ...]
-    cap_effective: int
-    cap_permitted: int
-    umask: int
-
-
-def _field(data: bytes, name: bytes) -> bytes:
-    start = data.find(name)
-    if start < 0:
-        raise OSError(errno.ESRCH, "no " + name.decode() + " in /proc/TID/status")
-    start += len(name)
-    return data[start : data.find(b"\n", start)]
-
-
-def read_creds(tid: int) -> Creds:
-    """The task's credentials; OSError(ESRCH) when it is gone."""
-    try:
-        fd = os.open(f"/proc/{tid}/status", os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        raise OSError(errno.ESRCH, "task gone") from None
-    try:
-        return parse_status(os.read(fd, 8192))
-    finally:
-        os.close(fd)
-
-
-class StatusFiles:
-    """/proc/TID/status, kept open per task and read again with pread: an
-    open+read+close costs ~11 us, a pread ~7 (the kernel renders the file
-    each time, so it is always current). An fd belongs to the task it was
-    opened for: once that task is gone its reads fail with ESRCH, even if a
-    new task got the same tid, and the file is opened anew for the new one."""
-
-    LIMIT: Final = 512  # open fds at most; then all are closed and reopened as needed
-
-    def __init__(self) -> None:
-        self.fds: dict[int, int] = {}
-
-    def creds(self, tid: int) -> Creds:
-        fd = self.fds.get(tid)
-        if fd is not None:
-            try:
-                return parse_status(os.pread(fd, 8192, 0))
-            except ProcessLookupError:
-                pass  # that task is gone; the tid may name a new one
-            del self.fds[tid]
-            os.close(fd)
-        if len(self.fds) >= self.LIMIT:
-            self.close()
-        try:
-            fd = os.open(f"/proc/{tid}/status", os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            raise OSError(errno.ESRCH, "task gone") from None
-        try:
-            creds = parse_status(os.pread(fd, 8192, 0))
-        except BaseException:
-            os.close(fd)
-            raise
-        self.fds[tid] = fd
-        return creds
-
-    def close(self) -> None:
-        for fd in self.fds.values():
-            os.close(fd)
-        self.fds.clear()
-
-
-def parse_status(data: bytes) -> Creds:
-    """The credentials in the text of /proc/TID/status."""
-    uids = _field(data, b"\nUid:").split()
-    gids = _field(data, b"\nGid:").split()
-    return Creds(
-        ruid=int(uids[0]),
-        fsuid=int(uids[3]),
-        rgid=int(gids[0]),
-        fsgid=int(gids[3]),
-        groups=tuple(int(g) for g in _field(data, b"\nGroups:").split()),
-        cap_effective=int(_field(data, b"\nCapEff:"), 16),
-        cap_permitted=int(_field(data, b"\nCapPrm:"), 16),
-        umask=int(_field(data, b"\nUmask:"), 8),
-    )
-
-
 class IdMap:
     """A user namespace's uid or gid map: container id <-> host id."""
 
@@ -210,6 +121,12 @@ class IdMap:
             if inside <= cid < inside + count:
                 return outside + cid - inside
         raise OSError(errno.EINVAL, f"id {cid} is not mapped")
+
+    def maps(self, hid: int) -> bool:
+        """Whether host id ``hid`` has a container id."""
+        if not self.ranges:
+            return True
+        return any(outside <= hid < outside + count for _i, outside, count in self.ranges)
 
     def to_container(self, hid: int) -> int:
         """The container id of host id ``hid`` (the overflow id when it is not mapped)."""
@@ -245,6 +162,32 @@ def pack_stat(st: Stat, uid: int, gid: int) -> bytes:
         st.mtime_nsec,
         st.ctime,
         st.ctime_nsec,
+    )
+
+
+def pack_os_stat(st: os.stat_result, uid: int, gid: int) -> bytes:
+    """x86_64's struct stat of an ``os.stat_result``, as stat(2) writes it."""
+    a_s, a_ns = divmod(st.st_atime_ns, 1_000_000_000)
+    m_s, m_ns = divmod(st.st_mtime_ns, 1_000_000_000)
+    c_s, c_ns = divmod(st.st_ctime_ns, 1_000_000_000)
+    return _STAT.pack(
+        st.st_dev,
+        st.st_ino,
+        st.st_nlink,
+        st.st_mode,
+        uid,
+        gid,
+        0,
+        st.st_rdev,
+        st.st_size,
+        st.st_blksize,
+        st.st_blocks,
+        a_s,
+        a_ns,
+        m_s,
+        m_ns,
+        c_s,
+        c_ns,
     )
 
 
@@ -292,6 +235,11 @@ class FileHandlers:
         self._kernel_mount_at: Callable[[bytes], object] | None = None
         self._gofer_cpu = -1  # the CPU the gofer was last pinned to
         self.status = StatusFiles()
+        self.creds = CredCache(self.status)  # enabled by use_routing()
+        self.creds.enabled = False
+        self.lookup: Lookup | None = None  # the sentry's own metadata walks (attach)
+        self._who_of: dict[Creds, Who] = {}
+        self._overrides_mask = (1 << k.CAP_DAC_READ_SEARCH) | (1 << k.CAP_DAC_OVERRIDE)
         # Set once any task chroot()s: paths are then taken relative to each
         # caller's root (one more readlink per call, only in such containers).
         self.chrooted = False
@@ -306,7 +254,8 @@ class FileHandlers:
         """Serve through ``gofer`` from now on; ``kernel_mounts``: the container's
         mount points other than its root (the kernel serves them)."""
         self.gofer_pid = gofer_pid
-        self._kernel_mount_at = mount_prefix_matcher(normalize_mounts(kernel_mounts or ()))
+        mounts = normalize_mounts(kernel_mounts or ())
+        self._kernel_mount_at = mount_prefix_matcher(mounts)
         self.uids = IdMap.of(init_pid, "uid")
         self.gids = IdMap.of(init_pid, "gid")
         self.root_uid = self.uids.to_host(0)
@@ -317,9 +266,23 @@ class FileHandlers:
         try:
             self.gofer_prefix = os.readlink(f"/proc/self/fd/{fd}".encode())
             self.gofer_mount = _mount_id(k.statx(fd, b"", k.AT_EMPTY_PATH, _STATX_MNT_ID))
-        finally:
+        except BaseException:
             os.close(fd)
+            raise
+        # The sentry's own lookups walk the gofer's view of the root (the same
+        # files as the container's, see syscalls/lookup.py), keeping this fd.
+        userns = bool(self.uids.ranges or self.gids.ranges)
+        self.lookup = Lookup(fd, mounts, self._mapped if userns else None)
         self.gofer = gofer
+
+    def use_routing(self, routed: Collection[int]) -> None:
+        """Cache credentials only if the profile routes every call that changes
+        them to the sentry (syscalls/creds.py: the handlers then forget)."""
+        changes = (*CHANGE_OWN.values(), *CHANGE_ANY.values())
+        self.creds.enabled = all(nr in routed for nr in changes)
+
+    def _mapped(self, uid: int, gid: int) -> bool:
+        return self.uids.maps(uid) and self.gids.maps(gid)
 
     def routes(self) -> dict[int, Handler]:
         s = self._served
@@ -404,6 +367,8 @@ class FileHandlers:
             k.SYS_REMOVEXATTR: s(lambda c: self._removexattr(c, True)),
             k.SYS_LREMOVEXATTR: s(lambda c: self._removexattr(c, False)),
             k.SYS_CHROOT: self._chroot,
+            **{nr: self._own_creds_change for nr in CHANGE_OWN.values()},
+            **{nr: self._any_creds_change for nr in CHANGE_ANY.values()},
         }
 
     # --- the frame every handler runs in -------------------------------------------
@@ -418,6 +383,20 @@ class FileHandlers:
                 return CONTINUE  # a mount the kernel serves (see the module's docstring)
 
         return handler
+
+    def _own_creds_change(self, call: Call) -> Result:
+        # set*id, setgroups, capset: the kernel changes the caller's credentials
+        # once the call goes on (no argument is read or judged here).
+        self.creds.forget(call.pid)
+        return CONTINUE
+
+    def _any_creds_change(self, call: Call) -> Result:
+        # execve(at): the program may be set-user-ID, or have file capabilities,
+        # and de_thread gives the caller its leader's tid (syscalls/creds.py).
+        # The documented exception to rule 1: the kernel reads the path in its
+        # read-only view of the root.
+        self.creds.forget_all()
+        return CONTINUE
 
     def _chroot(self, call: Call) -> Result:
         # The kernel changes the caller's root (it checks CAP_SYS_CHROOT and the
@@ -489,9 +468,31 @@ class FileHandlers:
 
     def _caller(self, call: Call) -> Credentials:
         """The caller's credentials, verified to be its own (rule 1: after every read)."""
-        creds = self.status.creds(call.pid)
+        creds = self.creds.get(call.pid)
         call.verify()
         return self._cred(creds)
+
+    def _caller_creds(self, call: Call) -> Creds:
+        """The caller's credentials (umask aside), verified to be its own."""
+        creds = self.creds.get(call.pid)
+        call.verify()
+        return creds
+
+    def _fresh(self, call: Call) -> Creds:
+        """The caller's credentials with its umask as it is now, verified."""
+        creds = self.creds.fresh(call.pid)
+        call.verify()
+        return creds
+
+    def _who(self, creds: Creds) -> Who:
+        who = self._who_of.get(creds)
+        if who is None:
+            overrides = bool(creds.cap_effective & self._overrides_mask)
+            who = Who(creds.fsuid, creds.fsgid, creds.groups, overrides)
+            if len(self._who_of) >= 64:
+                self._who_of.clear()
+            self._who_of[creds] = who
+        return who
 
     # --- for other areas' handlers that name a path in the root (bind(2)) ----------
 
@@ -504,8 +505,7 @@ class FileHandlers:
 
     def caller_and_umask(self, call: Call) -> tuple[Credentials, int]:
         """The caller's credentials for the gofer and its umask, verified (rule 1)."""
-        creds = self.status.creds(call.pid)
-        call.verify()
+        creds = self._fresh(call)
         return self._cred(creds), creds.umask
 
     @property
@@ -541,12 +541,15 @@ class FileHandlers:
             # refuses them), and such an fd reads or writes nothing: the kernel
             # opens it in its read-only view.
             return CONTINUE
-        creds = self.status.creds(call.pid)
         if flags & os.O_CREAT or flags & O_TMPFILE == O_TMPFILE:
+            creds = self._fresh(call)
             mode = mode & 0o7777 & ~creds.umask
         else:
+            creds = self._caller_creds(call)
             mode = 0
-        call.verify()
+            # A path that names nothing costs no round trip to the gofer: its
+            # walk's error is the open's (build tools probe many such paths).
+            self._walk_check(path, not flags & os.O_NOFOLLOW, creds)
         try:
             fd = self._g.open(path, flags, mode, cred=self._cred(creds))
         except PermissionError:
@@ -586,7 +589,19 @@ class FileHandlers:
         path = self._path(call, dirfd, addr, flags & k.AT_EMPTY_PATH)
         if path is None:
             return CONTINUE  # fstat of dirfd
-        st = self._g.stat(path, follow=not flags & k.AT_SYMLINK_NOFOLLOW, cred=self._caller(call))
+        follow = not flags & k.AT_SYMLINK_NOFOLLOW
+        creds = self._caller_creds(call)
+        lookup = self.lookup
+        if lookup is not None:
+            try:
+                ost = lookup.stat(path, follow, self._who(creds))
+            except NotJudged:
+                pass
+            else:
+                uid = self.uids.to_container(ost.st_uid)
+                call.write(buf, pack_os_stat(ost, uid, self.gids.to_container(ost.st_gid)))
+                return 0
+        st = self._g.stat(path, follow=follow, cred=self._cred(creds))
         call.write(
             buf, pack_stat(st, self.uids.to_container(st.uid), self.gids.to_container(st.gid))
         )
@@ -606,13 +621,25 @@ class FileHandlers:
         path = self._path(call, dirfd, addr, flags & k.AT_EMPTY_PATH)
         if path is None:
             return CONTINUE
-        fd, _st = self._g.walk(
-            path, follow=not flags & k.AT_SYMLINK_NOFOLLOW, cred=self._caller(call)
-        )
-        try:
-            raw = k.statx(fd, b"", k.AT_EMPTY_PATH | (flags & k.AT_STATX_SYNC_TYPE), mask & _U32)
-        finally:
-            os.close(fd)
+        follow = not flags & k.AT_SYMLINK_NOFOLLOW
+        sync = flags & k.AT_STATX_SYNC_TYPE
+        creds = self._caller_creds(call)
+        raw = b""
+        lookup = self.lookup
+        if lookup is not None:
+            try:
+                dirfd, name, _ = lookup.locate(path, follow, self._who(creds))
+            except NotJudged:
+                pass
+            else:
+                at = k.AT_SYMLINK_NOFOLLOW if name else k.AT_EMPTY_PATH
+                raw = k.statx(dirfd, name, at | sync, mask & _U32)
+        if not raw:
+            fd, _ = self._g.walk(path, follow=follow, cred=self._cred(creds))
+            try:
+                raw = k.statx(fd, b"", k.AT_EMPTY_PATH | sync, mask & _U32)
+            finally:
+                os.close(fd)
         if self.uids.ranges or self.gids.ranges:
             uid, gid = _STATX_UID.unpack_from(raw, 20)
             ids = _STATX_UID.pack(self.uids.to_container(uid), self.gids.to_container(gid))
@@ -628,8 +655,7 @@ class FileHandlers:
         path = self._path(call, dirfd, addr, flags & k.AT_EMPTY_PATH)
         if path is None:
             return CONTINUE
-        creds = self.status.creds(call.pid)
-        call.verify()
+        creds = self._caller_creds(call)
         if flags & k.AT_EACCESS:
             cred = self._cred(creds)
         else:
@@ -637,7 +663,17 @@ class FileHandlers:
             # capabilities, anyone else has none (the kernel's access_override_creds).
             caps = creds.cap_permitted if creds.ruid == self.root_uid else 0
             cred = Credentials(creds.ruid, creds.rgid, creds.groups, caps)
-        self._g.access(path, mode, follow=not flags & k.AT_SYMLINK_NOFOLLOW, cred=cred)
+        follow = not flags & k.AT_SYMLINK_NOFOLLOW
+        lookup = self.lookup
+        if lookup is not None:
+            overrides = bool(cred.caps & self._overrides_mask)
+            try:
+                lookup.locate(path, follow, Who(cred.uid, cred.gid, cred.groups, overrides))
+                if mode == os.F_OK:
+                    return 0  # it exists: all F_OK asks
+            except NotJudged:
+                pass
+        self._g.access(path, mode, follow=follow, cred=cred)
         return 0
 
     def _readlink(self, call: Call, dirfd: int, addr: int, buf: int, size: int) -> Result:
@@ -647,7 +683,16 @@ class FileHandlers:
         path = self._path(call, dirfd, addr, 1)
         if path is None:
             return CONTINUE  # readlinkat(fd, ""): the symlink fd refers to
-        target = self._g.readlink(path, cred=self._caller(call))[:size]
+        creds = self._caller_creds(call)
+        target = b""
+        lookup = self.lookup
+        try:
+            if lookup is None:
+                raise NotJudged(path)
+            target = lookup.readlink(path, self._who(creds))
+        except NotJudged:
+            target = self._g.readlink(path, cred=self._cred(creds))
+        target = target[:size]
         call.write(buf, target)
         return len(target)
 
@@ -663,8 +708,7 @@ class FileHandlers:
     def _mkdir(self, call: Call, dirfd: int, addr: int, mode: int) -> Result:
         path = self._path(call, dirfd, addr)
         assert path is not None
-        creds = self.status.creds(call.pid)
-        call.verify()
+        creds = self._fresh(call)
         self._g.mkdir(path, mode & 0o7777 & ~creds.umask, cred=self._cred(creds))
         return 0
 
@@ -673,8 +717,7 @@ class FileHandlers:
         assert path is not None
         mode &= _U32
         kind = stat.S_IFMT(mode) or stat.S_IFREG
-        creds = self.status.creds(call.pid)
-        call.verify()
+        creds = self._fresh(call)
         perms = mode & 0o7777 & ~creds.umask
         dev &= _U32  # new_decode_dev of the kernel's u32
         rdev = os.makedev((dev >> 8) & 0xFFF, (dev & 0xFF) | ((dev >> 12) & 0xFFF00))
@@ -689,7 +732,10 @@ class FileHandlers:
         assert path is not None
         cred = self._caller(call)
         if flags & k.AT_REMOVEDIR:
-            self._g.rmdir(path, cred=cred)
+            try:
+                self._g.rmdir(path, cred=cred)
+            finally:
+                self._moved()
         else:
             self._g.unlink(path, cred=cred)
         return 0
@@ -703,8 +749,25 @@ class FileHandlers:
         crossing = self._across_mounts(old, new)
         if crossing is not None:
             return crossing
-        self._g.rename(old, new, flags & _U32, cred=self._caller(call))
+        try:
+            self._g.rename(old, new, flags & _U32, cred=self._caller(call))
+        finally:
+            self._moved()
         return 0
+
+    def _moved(self) -> None:
+        """A directory of the root may have moved or gone: the sentry's lookups
+        forget the directories they know (syscalls/lookup.py)."""
+        if self.lookup is not None:
+            self.lookup.invalidate()
+
+    def _walk_check(self, path: bytes, follow: bool, creds: Creds) -> None:
+        """Raise the error the path walk of ``path`` gives the caller, if any
+        (the sentry's own lookup; an ACL on the way leaves it to the gofer)."""
+        lookup = self.lookup
+        if lookup is not None:
+            with contextlib.suppress(NotJudged):
+                lookup.locate(path, follow, self._who(creds))
 
     def _across_mounts(self, old: bytes, new: bytes) -> Result | None:
         """rename and link never cross mounts: both in the kernel's mounts is the
