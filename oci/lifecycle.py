@@ -390,6 +390,7 @@ class Runtime:
         from pysandbox.syscalls.procfs import resource_files
 
         dirs, roots = _limit_dirs(cgroup)
+        mnt_ns = spec.linux.namespace("mount")
         options = service.SentryOptions(
             hostname=hostname,
             domainname=domainname,
@@ -401,6 +402,10 @@ class Runtime:
             resource_files=tuple(sorted(resource_files(cgroup.mode, dirs).items())),
             cgroup_roots=roots,
             masked_paths=tuple(spec.linux.masked_paths),
+            # Only a container with a mount namespace of its own gets a gofer
+            # and a read-only kernel view of its root (_start_gofer); in any
+            # other the kernel's ro/rw is already the truth.
+            root_readonly=spec.root.readonly or mnt_ns is None or bool(mnt_ns.path),
         )
         pid, sock = service.start(state_dir, policy.routing, options)
         rec.sentry_pid = pid

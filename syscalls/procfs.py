@@ -29,13 +29,42 @@ What each file shows:
   sched_getaffinity is cut the same way (syscalls/sched.py).
 
 /proc/loadavg stays the host's (the kernel keeps no per-cgroup load), as
-under gVisor; /proc/self/mountinfo and the gofer's full /proc come with the
-rest of issue 5.
+under gVisor; the gofer's full /proc comes with the rest of issue 5.
+
+Mount tables: ``mountinfo`` and ``mounts`` of ``/proc/self``,
+``/proc/thread-self``, ``/proc/<pid>``, ``/proc/<pid>/task/<tid>`` (``self``
+for ``<pid>`` too), ``/proc/mounts``, and ``/etc/mtab`` when it is a symlink
+to one of these. The kernel's view of a writable root is read-only (writes
+go through the gofer: syscalls/files.py), so the kernel's table says ``ro``
+for ``/``, and an overlay root's super options show its layers. The file is
+the host's ``/proc/<tid>/mountinfo`` (``mounts``) of the task the path names
+(a ``<pid>`` is the container's: the task table translates it, and a task
+that is not the container's is left to the kernel), with the line of ``/``
+rewritten (:func:`render_mountinfo`, :func:`render_mounts`):
+
+* its per-mount ``ro`` becomes ``rw`` when the root is writable for the
+  workload: the spec's root is not read-only, the gofer serves it (the sentry
+  is told at start-up: ``SentryOptions.root_readonly``) and its super block is
+  not read-only itself;
+* the super options of an overlay keep only the generic ones (ro/rw, sync,
+  dirsync, mand, lazytime, and in ``mounts`` the per-mount flags): its
+  ``lowerdir``, ``upperdir``, ``workdir``, ``redirect_dir``, ``index``,
+  ``metacopy``, ``xino``, ``uuid``... are the runtime's internals;
+* the mount's root within its file system (mountinfo's 4th field) is ``/``:
+  a bind of the bundle (``--overlay none``, or a read-only root) would show
+  the bundle's host path there.
+
+The source (``overlay``, or the bundle's device) and the file system type stay
+the kernel's. Every other line is the container's own mount, unchanged.
+A maskedPath that could cover one of these files disables them all (the
+kernel opens the mask).
 
 Rule 1: the path is read once and the answer is built from that copy. When
 the path is not one of these files the call is CONTINUEd; a thread that
 rewrites the path meanwhile makes the kernel open whatever it then names,
 which the workload could have opened directly: no decision is made on it.
+The same holds for /etc/mtab's link, read from the caller's root: whatever it
+names, the answer is a mount table the caller may read anyway.
 """
 
 from __future__ import annotations
@@ -43,6 +72,7 @@ from __future__ import annotations
 import errno
 import math
 import os
+import re
 import time
 from collections.abc import Callable, Mapping
 
@@ -53,15 +83,20 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Final
 
+    from pysandbox.sentry.tasks import TaskTable
+
 __all__ = [
     "VIRTUAL_FILES",
     "ContainerView",
     "ProcHandlers",
     "render_cpuinfo",
     "render_meminfo",
+    "render_mountinfo",
+    "render_mounts",
     "render_stat",
     "render_uptime",
     "resource_files",
+    "root_superblock_readonly",
 ]
 
 # Flags that a read-only open of these files may carry; anything else (a
@@ -302,6 +337,91 @@ def render_uptime(host: str, started: float, now: float, ncpu: int, host_cpus: i
     return f"{up:.2f} {idle:.2f}\n"
 
 
+# Options the VFS prints for any file system: the super block's (mountinfo's
+# last field starts with them) and the mount's (mountinfo's 6th field; in
+# /proc/mounts both come first, then the file system's own). An overlay's
+# own options (lowerdir, upperdir, workdir, redirect_dir, index, metacopy,
+# xino, uuid, ...) describe the runtime's layers, not the container: dropped.
+_SB_OPTIONS: Final = frozenset({"ro", "rw", "sync", "dirsync", "mand", "lazytime"})
+_MNT_OPTIONS: Final = frozenset(
+    {"ro", "rw", "nosuid", "nodev", "noexec", "noatime", "nodiratime", "relatime"}
+    | {"nosymfollow", "idmapped"}
+)
+_LAYERED_FS: Final = frozenset({"overlay"})
+
+
+def _keep_options(options: str, keep: frozenset[str]) -> str:
+    return ",".join(o for o in options.split(",") if o in keep)
+
+
+def _mountinfo_fields(line: str) -> tuple[list[str], int] | None:
+    """A mountinfo line's fields and the index of its "-" separator; None if
+    the line is not one."""
+    fields = line.split(" ")
+    try:
+        sep = fields.index("-", 6)
+    except ValueError:
+        return None
+    return (fields, sep) if len(fields) == sep + 4 else None
+
+
+def root_superblock_readonly(mountinfo: str) -> bool:
+    """Is the super block of the root mount (mount point ``/``) read-only?
+    True when the text has no such line (nothing to rewrite then)."""
+    readonly = True
+    for line in mountinfo.splitlines():
+        parsed = _mountinfo_fields(line)
+        if parsed is not None and parsed[0][4] == "/":
+            fields, sep = parsed
+            readonly = fields[sep + 3].split(",", 1)[0] == "ro"
+    return readonly
+
+
+def render_mountinfo(host: str, root_writable: bool) -> str:
+    """/proc/<tid>/mountinfo as the container should see it: the line of
+    ``/`` says ``rw`` (if ``root_writable`` and its super block is not
+    read-only itself), has root ``/`` and no overlay internals; every other
+    line is the kernel's."""
+    out = []
+    for line in host.splitlines():
+        parsed = _mountinfo_fields(line)
+        if parsed is None or parsed[0][4] != "/":
+            out.append(line)
+            continue
+        fields, sep = parsed
+        fstype, super_options = fields[sep + 1], fields[sep + 3]
+        options = fields[5].split(",")
+        if root_writable and options[0] == "ro" and super_options.split(",", 1)[0] != "ro":
+            options[0] = "rw"
+        fields[5] = ",".join(options)
+        fields[3] = "/"  # a bind's root is the bundle's host path
+        if fstype in _LAYERED_FS:
+            fields[sep + 3] = _keep_options(super_options, _SB_OPTIONS)
+        out.append(" ".join(fields))
+    return "".join(line + "\n" for line in out)
+
+
+def render_mounts(host: str, root_writable: bool) -> str:
+    """/proc/<tid>/mounts with the line of ``/`` rewritten as in
+    :func:`render_mountinfo`. This format cannot tell a read-only super block
+    from a read-only mount: the caller passes ``root_writable`` False for
+    one (:func:`root_superblock_readonly`)."""
+    out = []
+    for line in host.splitlines():
+        fields = line.split(" ")
+        if len(fields) != 6 or fields[1] != "/":
+            out.append(line)
+            continue
+        options = fields[3].split(",")
+        if root_writable and options[0] == "ro":
+            options[0] = "rw"
+        fields[3] = ",".join(options)
+        if fields[2] in _LAYERED_FS:
+            fields[3] = _keep_options(fields[3], _SB_OPTIONS | _MNT_OPTIONS)
+        out.append(" ".join(fields))
+    return "".join(line + "\n" for line in out)
+
+
 # --- the handlers ----------------------------------------------------------------
 
 VIRTUAL_FILES: Final = (
@@ -313,8 +433,33 @@ VIRTUAL_FILES: Final = (
 )
 
 
+# /proc/<who>/[task/<tid>/]mountinfo or mounts; who: self, thread-self or a pid
+# (procfs takes no leading zero); /proc/mounts is the link to self/mounts.
+_MOUNT_TABLE: Final = re.compile(
+    rb"/proc/(?:(self|thread-self|[1-9][0-9]{0,9})/(?:task/([1-9][0-9]{0,9})/)?)?"
+    rb"(mountinfo|mounts)"
+)
+_MTAB: Final = b"/etc/mtab"  # glibc's _PATH_MOUNTED: a link to ../proc/self/mounts
+_MOUNT_SUFFIXES: Final = (b"/mountinfo", b"/mounts", _MTAB)
+
+
+def _may_mask_mount_table(masked: str) -> bool:
+    """Could this maskedPath cover a mount table a path of ours names? The
+    mask is mounted where the path led at set-up (/proc/self was init's
+    directory then), so any /proc/<task> or table name counts."""
+    parts = [p for p in masked.split("/") if p]
+    if not parts or parts[-1] in ("mounts", "mountinfo", "mtab"):
+        return True
+    if (_MTAB.decode() + "/").startswith("/" + "/".join(parts) + "/"):
+        return True
+    return parts[0] == "proc" and (
+        len(parts) == 1 or parts[1] in ("self", "thread-self") or parts[1].isdigit()
+    )
+
+
 class ProcHandlers:
-    """open/openat of :data:`VIRTUAL_FILES` served from :class:`ContainerView`."""
+    """open/openat of :data:`VIRTUAL_FILES` served from :class:`ContainerView`,
+    and of the mount tables (module docstring)."""
 
     def __init__(
         self,
@@ -322,9 +467,18 @@ class ProcHandlers:
         host_proc: str = "/proc",
         host_sys: str = "/sys",
         masked: tuple[str, ...] = (),
+        root_readonly: bool = True,
+        tasks: TaskTable | None = None,
     ) -> None:
+        """``root_readonly``: False only when the workload may write its root
+        (the spec's root is writable and the gofer serves it): the mount
+        tables then say ``rw`` for it. ``tasks``: translates the pids of
+        ``/proc/<pid>/mountinfo``; without it such paths go to the kernel."""
         self.view = view
         self.host_proc = host_proc
+        self.root_readonly = root_readonly
+        self.tasks = tasks
+        self.mount_tables = not any(_may_mask_mount_table(m) for m in masked)
         self.host_cpus = os.cpu_count() or 1
         # Read now: the confined sentry cannot read /sys/devices/system/cpu.
         try:
@@ -398,6 +552,8 @@ class ProcHandlers:
         opened read-only; None for anything else."""
         render = self.renderers.get(path)
         if render is None:
+            if self.mount_tables and path.endswith(_MOUNT_SUFFIXES):
+                return self._serve_mount_table(call, path, flags)
             return None
         flags &= 0xFFFFFFFF
         if not _reads_only(flags):
@@ -409,6 +565,9 @@ class ProcHandlers:
             data = render().encode()
         except OSError:
             return Errno(errno.EIO)
+        return self._install(path, data, flags)
+
+    def _install(self, path: bytes, data: bytes, flags: int) -> Result:
         fd = os.memfd_create(path.rsplit(b"/", 1)[-1].decode(), os.MFD_CLOEXEC)
         try:
             os.write(fd, data)
@@ -417,3 +576,93 @@ class ProcHandlers:
             os.close(fd)
             raise
         return InstallFd(fd, cloexec=bool(flags & os.O_CLOEXEC))
+
+    # --- mount tables ----------------------------------------------------------------
+
+    def _serve_mount_table(self, call: Call, path: bytes, flags: int) -> Result | None:
+        flags &= 0xFFFFFFFF
+        if not _reads_only(flags):
+            return None
+        table = self._mtab_target(call) if path == _MTAB else path
+        match = None if table is None else _MOUNT_TABLE.fullmatch(table)
+        if match is None:
+            return None
+        who, tid, kind = match.groups()
+        if who is None and kind != b"mounts":
+            return None  # there is no /proc/mountinfo
+        try:
+            task = self._table_task(call, who or b"self", tid)
+        except OSError:  # a task gone meanwhile (the caller too): the kernel answers
+            task = None
+        if task is None:
+            return None  # not the container's task, or no such one: the kernel's answer
+        writable = not self.root_readonly
+        try:
+            text = self._host_text(f"{task}/{kind.decode()}")
+            if kind == b"mountinfo":
+                data = render_mountinfo(text, writable)
+            else:
+                if writable:
+                    writable = not root_superblock_readonly(self._host_text(f"{task}/mountinfo"))
+                data = render_mounts(text, writable)
+        except OSError as e:
+            # the kernel's own answer for that task (gone: ENOENT; exited: EINVAL)
+            call.verify()
+            return Errno(e.errno or errno.EIO)
+        # rule 1: the path read was this caller's, and /proc/<its tid> was its own
+        call.verify()
+        if call.tracing:
+            call.detail = f"{path.decode(errors='replace')!r}, {flags:#o}"
+        return self._install(path, data.encode(errors="surrogateescape"), flags)
+
+    def _mtab_target(self, call: Call) -> bytes | None:
+        """What the caller's /etc/mtab links to, absolute; None if it is no link."""
+        try:
+            target = os.readlink(f"{self.host_proc}/{call.pid}/root/etc/mtab".encode())
+        except OSError:
+            return None  # a file of the image's own: the gofer's to open
+        return os.path.normpath(os.path.join(b"/etc", target))
+
+    def _table_task(self, call: Call, who: bytes, tid: bytes | None) -> int | None:
+        """The host tid whose mount table ``/proc/<who>[/task/<tid>]`` shows."""
+        if who == b"thread-self":
+            return None if tid is not None else call.pid  # thread-self has no task/
+        if who == b"self":
+            leader = self._tgid(call.pid)
+        else:
+            if self.tasks is None:
+                return None
+            found = self.tasks.lookup(call.pid, int(who))
+            if found is None:
+                return None
+            if tid is None:
+                return found  # /proc/<tid> of a thread is that thread's, as here
+            leader = self._tgid(found)
+        if tid is None:
+            return leader
+        if self.tasks is None:
+            return None
+        thread = self.tasks.lookup(call.pid, int(tid))
+        if thread is None or self._tgid(thread) != leader:
+            return None  # not a thread of that process: ENOENT from the kernel
+        return thread
+
+    def _tgid(self, tid: int) -> int:
+        fd = os.open(f"{self.host_proc}/{tid}/status", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            data = os.read(fd, 4096)
+        finally:
+            os.close(fd)
+        start = data.index(b"\nTgid:") + 6
+        return int(data[start : data.index(b"\n", start)])
+
+    def _host_text(self, name: str) -> str:
+        """A host /proc file as text; bytes of a path that are no UTF-8 survive."""
+        fd = os.open(os.path.join(self.host_proc, name), os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            chunks = []
+            while chunk := os.read(fd, 65536):
+                chunks.append(chunk)
+        finally:
+            os.close(fd)
+        return b"".join(chunks).decode(errors="surrogateescape")
