@@ -671,6 +671,7 @@ SYS_GETCPU: Final = 309
 SYS_PROCESS_VM_READV: Final = 310
 SYS_PROCESS_VM_WRITEV: Final = 311
 SYS_PIDFD_OPEN: Final = 434
+PIDFD_THREAD: Final = os.O_EXCL  # linux/pidfd.h (6.9+): a pidfd of this thread, not its process
 SYS_PIDFD_GETFD: Final = 438
 
 SECCOMP_SET_MODE_STRICT: Final = 0
@@ -1238,6 +1239,7 @@ SYS_UTIME: Final = 132
 SYS_MKNOD: Final = 133
 SYS_STATFS: Final = 137
 SYS_CHROOT: Final = 161
+SYS_BIND: Final = 49
 SYS_SETXATTR: Final = 188
 SYS_LSETXATTR: Final = 189
 SYS_GETXATTR: Final = 191
@@ -1315,3 +1317,13 @@ def faccessat2(dirfd: int, path: bytes, mode: int, flags: int) -> None:
     _check(
         _syscall(SYS_FACCESSAT2, ctypes.c_int(dirfd), path, ctypes.c_int(mode), ctypes.c_int(flags))
     )
+
+
+# asm-generic/socket.h numbers the socket module does not name
+SO_TIMESTAMP_OLD: Final = 29
+SO_TIMESTAMPNS_OLD: Final = 35
+SO_PEEK_OFF: Final = 42
+SO_TIMESTAMP_NEW: Final = 63
+SO_TIMESTAMPNS_NEW: Final = 64
+SO_PASSPIDFD: Final = 76  # 6.5+
+SO_PASSRIGHTS: Final = 83  # 6.16+

@@ -158,6 +158,8 @@ ALLOWED: Final[dict[str, str]] = {
     "shutdown": "closing a control connection",
     "getsockopt": "CPython socket objects (SO_TYPE, SO_ERROR)",
     "getsockname": "CPython's socket.accept() wraps the new connection",
+    "getpeername": "bind of a caller's AF_UNIX socket: is it connected? (syscalls/sockets.py)",
+    "setsockopt": "bind: the caller's socket options onto the gofer's bound socket",
     "sysinfo": "sysinfo is served from the host's figures, cut to the cgroup",
     "times": "times() answers with the sentry's own clock ticks (os.times)",
     "adjtimex": "read-only time queries (modes 0; setting needs CAP_SYS_TIME, dropped)",

@@ -36,6 +36,8 @@ import os
 import signal
 from typing import NamedTuple
 
+from pysandbox.oci.kernel import PIDFD_THREAD
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Final
@@ -49,8 +51,6 @@ __all__ = [
     "parse_status",
     "read_creds",
 ]
-
-_PIDFD_THREAD: Final = os.O_EXCL  # linux/pidfd.h: a pidfd of this thread, not its process
 
 
 class Creds(NamedTuple):
@@ -187,7 +187,7 @@ class CredCache:
         pidfd = -1
         if self.enabled:
             try:
-                pidfd = os.pidfd_open(tid, _PIDFD_THREAD)
+                pidfd = os.pidfd_open(tid, PIDFD_THREAD)
             except OSError:
                 pidfd = -1  # gone: the read below says so
         try:

@@ -417,6 +417,12 @@ class FileHandlers:
             if empty_ok:
                 return None
             raise OSError(errno.ENOENT, "empty path")
+        return self.absolute(call, dirfd, path, kernel_check)
+
+    def absolute(self, call: Call, dirfd: int, path: bytes, kernel_check: bool = True) -> bytes:
+        """The absolute container path of ``path`` (already copied from the
+        caller, not empty), relative to ``dirfd`` or the caller's cwd;
+        ``KernelPath`` when it plainly leads into a mount the kernel serves."""
         if path[0] != 0x2F:  # relative: to the cwd or the dirfd's directory
             dirfd = s32(dirfd)
             if dirfd == k.AT_FDCWD:
@@ -495,13 +501,6 @@ class FileHandlers:
         return who
 
     # --- for other areas' handlers that name a path in the root (bind(2)) ----------
-
-    def path_of(self, call: Call, dirfd: int, addr: int) -> bytes:
-        """The absolute container path (dirfd, addr) names; ``KernelPath`` when it
-        plainly leads into a mount the kernel serves (the caller CONTINUEs)."""
-        path = self._path(call, dirfd, addr)
-        assert path is not None
-        return path
 
     def caller_and_umask(self, call: Call) -> tuple[Credentials, int]:
         """The caller's credentials for the gofer and its umask, verified (rule 1)."""

@@ -16,6 +16,7 @@ from .files import FileHandlers
 from .info import InfoConfig, InfoHandlers
 from .procfs import ProcHandlers
 from .sched import AffinityHandlers
+from .sockets import UnixBindHandlers
 
 __all__ = ["served_routes"]
 
@@ -33,8 +34,9 @@ def served_routes(
     ``exclude`` on it); without one, a table that judges from each caller.
     ``proc``: the virtual /proc files (open/openat); ``affinity``:
     sched_getaffinity cut to the CPU limit; ``files``: the path calls through
-    the gofer (open/openat included: it serves the virtual files first);
-    without them those calls are not served here.
+    the gofer (open/openat included: it serves the virtual files first), and
+    bind(2) of a socket file in the root (syscalls/sockets.py); without them
+    those calls are not served here.
     """
     if tasks is None:
         tasks = TaskTable()
@@ -49,4 +51,5 @@ def served_routes(
         routes.update(affinity.routes())
     if files is not None:
         routes.update(files.routes())
+        routes.update(UnixBindHandlers(files).routes())  # bind(2) of a socket file in the root
     return routes

@@ -227,3 +227,39 @@ def test_a_relative_path_follows_the_working_directory(
     res = runtime("run", "--bundle", str(bundle.path), cid)
     assert res.returncode == 0, res.stderr
     assert res.stdout.split() == ["hi", "f"], time.monotonic() - start
+
+
+def test_changed_credentials_are_judged_as_changed(
+    runtime: Runner, busybox_rootfs: Path, tmp_path: Path
+) -> None:
+    # The sentry caches a task's credentials (syscalls/creds.py): after capset,
+    # a thread's own raw setresuid, setgroups, setresgid and setresuid, every
+    # lookup it serves itself and every gofer request must use the new ones.
+    exe = tmp_path / "creds-probe"
+    res = subprocess.run(
+        ["gcc", "-static", "-O1", "-Wall", "-pthread", "-o", str(exe), str(PROBES / "creds.c")],
+        capture_output=True,
+        text=True,
+    )
+    assert res.returncode == 0, res.stderr
+    caps = ["CAP_SETUID", "CAP_SETGID", "CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_CHOWN"]
+    outputs = []
+    for name in ("ours", "theirs"):
+        b = _bundle(tmp_path, busybox_rootfs, name, "/creds-probe")
+        for kind in ("bounding", "effective", "permitted"):
+            b.config["process"]["capabilities"][kind] = caps
+        b.write()
+        shutil.copy(exe, b.rootfs / "creds-probe")
+        if name == "ours":
+            got = runtime("run", "--bundle", str(b.path), "creds-probe")
+        else:
+            got = _runc(tmp_path, b, "creds-probe-runc")
+        assert got.returncode == 0, got.stderr
+        outputs.append(got.stdout)
+    ours, theirs = outputs
+    pairs = zip(ours.splitlines(), theirs.splitlines(), strict=False)
+    assert ours == theirs, "\n".join(f"{a!r} != {b!r}" for a, b in pairs if a != b)
+    # the probe proves something only if the identities were really judged apart
+    assert "thread as 1000 stat /locked/f = -1 EACCES" in ours
+    assert "main after the thread stat /locked/f = 0" in ours
+    assert "1000 in group 2000 open /group/f = 3" in ours
