@@ -94,20 +94,15 @@ with ENOEXEC as gVisor does:
 
 from __future__ import annotations
 
-import io
 import stat
+import struct
 from collections.abc import Callable
-from dataclasses import dataclass
 from errno import EACCES, EINVAL, EIO, ELIBBAD, ELOOP, ENOENT, ENOEXEC
-from typing import ClassVar, Literal, NamedTuple, TypeAlias
-
-from elftools.common.exceptions import ELFError
-from elftools.common.utils import struct_parse
-from elftools.elf.elffile import ELFFile
+from typing import Literal, NamedTuple, TypeAlias
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, Final
+    from typing import Final
 
 BINPRM_BUF_SIZE: Final = 256  # include/uapi/linux/binfmts.h: what picks the format
 HEAD_SIZE: Final = 4096  # what the gofer should hand in: ELF header + usual phdrs
@@ -127,6 +122,16 @@ EHDR64_SIZE: Final = 64
 PHDR64_SIZE: Final = 56
 _LOFF_MAX: Final = (1 << 63) - 1  # loff_t: offsets at or beyond 2**63 are negative
 _BLANKS: Final = b" \t"
+# Elf64_Ehdr and Elf64_Phdr (elf.h), read with struct: pyelftools reads them
+# the same (tests/unit/test_execcheck.py checks both agree) but costs ~40 ms to
+# import, which the sentry would pay at every container's start.
+_EHDR64: Final = struct.Struct("<16sHHIQQQIHHHHHH")
+_PHDR64: Final = struct.Struct("<IIQQQQQQ")
+_ET_EXEC: Final = 2
+_ET_DYN: Final = 3
+_PT_INTERP: Final = 3
+_ET_NAMES: Final = {0: "ET_NONE", 1: "ET_REL", 2: "ET_EXEC", 3: "ET_DYN", 4: "ET_CORE"}
+_EM_NAMES: Final = {3: "EM_386", 6: "EM_486", 40: "EM_ARM", 62: "EM_X86_64", 183: "EM_AARCH64"}
 
 ReadMore: TypeAlias = Callable[[int, int], bytes]
 
@@ -153,8 +158,7 @@ class ExecCred(NamedTuple):
     caps: int  # effective capabilities, bit N = capability N
 
 
-@dataclass(frozen=True, slots=True)
-class ElfExec:
+class ElfExec(NamedTuple):
     """Allowed: an x86_64 ELF that Linux loads natively. ``interp`` is the
     PT_INTERP path (the dynamic loader, NUL stripped) the caller still has
     to resolve and check (:func:`check_elf_interpreter`); None for a static
@@ -164,33 +168,52 @@ class ElfExec:
     interp: bytes | None
     elf_class: int = 64
     machine: str = "EM_X86_64"
-    kind: ClassVar[Literal["elf"]] = "elf"
-    allowed: ClassVar[bool] = True
-    errno: ClassVar[int] = 0
+
+    @property
+    def kind(self) -> Literal["elf"]:
+        return "elf"
+
+    @property
+    def allowed(self) -> bool:
+        return True
+
+    @property
+    def errno(self) -> int:
+        return 0
 
 
-@dataclass(frozen=True, slots=True)
-class ScriptExec:
+class ScriptExec(NamedTuple):
     """Allowed: a ``#!`` script. Linux runs ``interp [arg] <script path>
     <argv[1:]>``; the caller still has to resolve and check ``interp``
     (relative to the caller's working directory unless absolute)."""
 
     interp: bytes
     arg: bytes | None
-    kind: ClassVar[Literal["script"]] = "script"
-    allowed: ClassVar[bool] = True
-    errno: ClassVar[int] = 0
+
+    @property
+    def kind(self) -> Literal["script"]:
+        return "script"
+
+    @property
+    def allowed(self) -> bool:
+        return True
+
+    @property
+    def errno(self) -> int:
+        return 0
 
 
-@dataclass(frozen=True, slots=True)
-class Refused:
+class Refused(NamedTuple):
     """Refused with ``errno``. ``deliberate``: Linux may well run this file;
     the sandbox does not (see the module docstring)."""
 
     errno: int
     reason: str
     deliberate: bool = False
-    allowed: ClassVar[bool] = False
+
+    @property
+    def allowed(self) -> bool:
+        return False
 
 
 ExecVerdict: TypeAlias = ElfExec | ScriptExec | Refused
@@ -273,13 +296,13 @@ def check_elf_interpreter(
         foreign = _refuse_ident(ehdr)
         return Refused(ELIBBAD, "interpreter: " + foreign.reason, foreign.deliberate)
     elf = _elf_header(ehdr)
-    if elf is None or elf["e_machine"] != "EM_X86_64":
-        machine = "?" if elf is None else elf["e_machine"]
+    if elf is None or elf.e_machine != EM_X86_64:
+        machine = "?" if elf is None else elf.machine_name
         return Refused(ELIBBAD, f"interpreter: ELF for {machine}, not EM_X86_64")
     phdrs = _program_headers(elf, facts, read_more)
     if isinstance(phdrs, Refused):
         return Refused(ELIBBAD, "interpreter: " + phdrs.reason)
-    return ElfExec(str(elf["e_type"]), None)
+    return ElfExec(elf.type_name, None)
 
 
 def check_exec_chain(
@@ -410,12 +433,30 @@ def _parse_shebang(buf: bytes) -> tuple[bytes, bytes | None] | str:
     return buf[name : sep if sep >= 0 else end], arg
 
 
-def _elf_header(ehdr: bytes) -> ELFFile | None:
-    """pyelftools' reading of an ELF64 LSB header (None if it cannot)."""
-    try:
-        return ELFFile(io.BytesIO(ehdr))
-    except ELFError:
+class _Ehdr(NamedTuple):
+    """The fields of an ELF64 LSB header the checks read."""
+
+    e_type: int
+    e_machine: int
+    e_phoff: int
+    e_phentsize: int
+    e_phnum: int
+
+    @property
+    def type_name(self) -> str:
+        return _ET_NAMES.get(self.e_type, f"ET_{self.e_type:#x}")
+
+    @property
+    def machine_name(self) -> str:
+        return _EM_NAMES.get(self.e_machine, f"machine {self.e_machine}")
+
+
+def _elf_header(ehdr: bytes) -> _Ehdr | None:
+    """The ELF64 LSB header at the start of ``ehdr`` (None if it is short)."""
+    if len(ehdr) < EHDR64_SIZE:
         return None
+    f = _EHDR64.unpack_from(ehdr)
+    return _Ehdr(e_type=f[1], e_machine=f[2], e_phoff=f[5], e_phentsize=f[9], e_phnum=f[10])
 
 
 def _refuse_ident(buf: bytes) -> Refused:
@@ -452,29 +493,28 @@ def _check_elf(buf: bytes, facts: ExecFacts, read_more: ReadMore | None) -> Exec
     elf = _elf_header(buf)
     if elf is None:
         return Refused(ENOEXEC, "unreadable ELF header")
-    e_type, machine = elf["e_type"], elf["e_machine"]
-    if e_type not in ("ET_EXEC", "ET_DYN"):
-        return Refused(ENOEXEC, f"ELF of type {e_type}: not an executable")
-    if machine != "EM_X86_64":
-        return Refused(ENOEXEC, f"ELF for {machine}: no binary format for it on x86_64")
+    if elf.e_type not in (_ET_EXEC, _ET_DYN):
+        return Refused(ENOEXEC, f"ELF of type {elf.type_name}: not an executable")
+    if elf.e_machine != EM_X86_64:
+        return Refused(ENOEXEC, f"ELF for {elf.machine_name}: no binary format for it on x86_64")
     phdrs = _program_headers(elf, facts, read_more)
     if isinstance(phdrs, Refused):
         return phdrs
-    for phdr in phdrs:
-        if phdr["p_type"] == "PT_INTERP":  # only the first one counts
-            interp = _read_interp(phdr["p_offset"], phdr["p_filesz"], facts, read_more)
+    for p_type, p_offset, p_filesz in phdrs:
+        if p_type == _PT_INTERP:  # only the first one counts
+            interp = _read_interp(p_offset, p_filesz, facts, read_more)
             if isinstance(interp, Refused):
                 return interp
-            return ElfExec(str(e_type), interp)
-    return ElfExec(str(e_type), None)
+            return ElfExec(elf.type_name, interp)
+    return ElfExec(elf.type_name, None)
 
 
 def _program_headers(
-    elf: ELFFile, facts: ExecFacts, read_more: ReadMore | None
-) -> list[Any] | Refused:
-    """load_elf_phdrs: the program header table, or ENOEXEC (EIO when the
-    bytes are beyond ``head`` and there is no read_more)."""
-    entsize, count, offset = elf["e_phentsize"], elf["e_phnum"], elf["e_phoff"]
+    elf: _Ehdr, facts: ExecFacts, read_more: ReadMore | None
+) -> list[tuple[int, int, int]] | Refused:
+    """load_elf_phdrs: (p_type, p_offset, p_filesz) of each program header, or
+    ENOEXEC (EIO when the bytes are beyond ``head`` and there is no read_more)."""
+    entsize, count, offset = elf.e_phentsize, elf.e_phnum, elf.e_phoff
     if entsize != PHDR64_SIZE:
         return Refused(ENOEXEC, f"e_phentsize {entsize}, not {PHDR64_SIZE}")
     size = entsize * count
@@ -490,11 +530,7 @@ def _program_headers(
         return Refused(ENOEXEC, "program headers: read error")
     if len(table) < size:
         return Refused(ENOEXEC, "program headers beyond the end of the file")
-    stream = io.BytesIO(table)
-    try:
-        return [struct_parse(elf.structs.Elf_Phdr, stream, i * PHDR64_SIZE) for i in range(count)]
-    except ELFError:
-        return Refused(ENOEXEC, "unreadable program headers")
+    return [(t, o, n) for t, _flags, o, _va, _pa, n, _mem, _al in _PHDR64.iter_unpack(table)]
 
 
 def _read_interp(

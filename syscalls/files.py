@@ -368,7 +368,6 @@ class FileHandlers:
             k.SYS_LREMOVEXATTR: s(lambda c: self._removexattr(c, False)),
             k.SYS_CHROOT: self._chroot,
             **{nr: self._own_creds_change for nr in CHANGE_OWN.values()},
-            **{nr: self._any_creds_change for nr in CHANGE_ANY.values()},
         }
 
     # --- the frame every handler runs in -------------------------------------------
@@ -388,14 +387,6 @@ class FileHandlers:
         # set*id, setgroups, capset: the kernel changes the caller's credentials
         # once the call goes on (no argument is read or judged here).
         self.creds.forget(call.pid)
-        return CONTINUE
-
-    def _any_creds_change(self, call: Call) -> Result:
-        # execve(at): the program may be set-user-ID, or have file capabilities,
-        # and de_thread gives the caller its leader's tid (syscalls/creds.py).
-        # The documented exception to rule 1: the kernel reads the path in its
-        # read-only view of the root.
-        self.creds.forget_all()
         return CONTINUE
 
     def _chroot(self, call: Call) -> Result:
@@ -506,6 +497,16 @@ class FileHandlers:
         """The caller's credentials for the gofer and its umask, verified (rule 1)."""
         creds = self._fresh(call)
         return self._cred(creds), creds.umask
+
+    def gofer_open(self, path: bytes, flags: int, cred: Credentials) -> int:
+        """An fd of ``path`` opened by the gofer with ``cred`` (execve reads a
+        program's first bytes with the gofer's own rights)."""
+        return self._g.open(path, flags, 0, cred=cred)
+
+    def inode_mapped(self, uid: int, gid: int) -> bool:
+        """Whether an inode's owner and group have container ids (a caller's
+        capabilities count for it only then); always, without a user namespace."""
+        return self._mapped(uid, gid)
 
     @property
     def gofer_client(self) -> GoferClient | None:

@@ -12,6 +12,7 @@ from pysandbox.sentry.loop import Handler
 from pysandbox.sentry.tasks import TaskTable
 
 from . import ioctl, process, signal
+from .execve import ExecHandlers
 from .files import FileHandlers
 from .info import InfoConfig, InfoHandlers
 from .procfs import ProcHandlers
@@ -52,4 +53,5 @@ def served_routes(
     if files is not None:
         routes.update(files.routes())
         routes.update(UnixBindHandlers(files).routes())  # bind(2) of a socket file in the root
+        routes.update(ExecHandlers(files).routes())  # execve(at): checked, then the kernel's
     return routes

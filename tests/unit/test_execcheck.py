@@ -792,3 +792,44 @@ def test_check_exec_does_no_io_for_scripts() -> None:
     user = ExecCred(USER, USER, (), 0)
     assert check_exec(facts, user, no_io) == ScriptExec(b"/bin/sh", b"-eu")
     assert check_exec(facts._replace(mode=stat.S_IFREG | 0o754), user).errno == errno.EACCES
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/bin/ls", "/usr/bin/python3", "/lib64/ld-linux-x86-64.so.2", "/bin/busybox", "/usr/bin/gcc"],
+)
+def test_the_struct_reading_agrees_with_pyelftools(path: str) -> None:
+    """execcheck reads the ELF header and program headers with struct (pyelftools
+    costs ~40 ms to import in every sentry); pyelftools is the reference."""
+    import io
+
+    from elftools.elf.elffile import ELFFile
+
+    from pysandbox.syscalls import execcheck
+
+    if not os.path.exists(path):
+        pytest.skip(f"{path} is not on this machine")
+    with open(path, "rb") as f:
+        data = f.read()
+    ref = ELFFile(io.BytesIO(data))
+    ours = execcheck._elf_header(data)
+    assert ours is not None
+    assert ours.type_name == ref["e_type"] and ours.machine_name == ref["e_machine"]
+    assert (ours.e_phoff, ours.e_phentsize, ours.e_phnum) == (
+        ref["e_phoff"],
+        ref["e_phentsize"],
+        ref["e_phnum"],
+    )
+    facts = ExecFacts(mode=0o100755, uid=0, gid=0, size=len(data), head=data, noexec_mount=False)
+    phdrs = execcheck._program_headers(ours, facts, None)
+    assert isinstance(phdrs, list)
+    p_type_names = {"PT_INTERP": 3, "PT_LOAD": 1, "PT_DYNAMIC": 2}
+    expected = [
+        (p_type_names.get(p["p_type"], p["p_type"]), p["p_offset"], p["p_filesz"])
+        for p in ref.iter_segments()
+    ]
+    got = [(t, o, n) for t, o, n in phdrs]
+    for (et, eo, en), (gt, go, gn) in zip(expected, got, strict=True):
+        assert (eo, en) == (go, gn)
+        if isinstance(et, int):
+            assert et == gt
