@@ -364,8 +364,15 @@ def set_link_up(name: str) -> None:
         s.close()
 
 
-# --- inotify (cgroups v2 OOM events) -----------------------------------------
+# --- inotify (cgroups v2 OOM events; the sentry's cached directory modes) ----
 IN_MODIFY: Final = 0x00000002
+IN_ATTRIB: Final = 0x00000004
+IN_MOVE_SELF: Final = 0x00000800
+IN_DELETE_SELF: Final = 0x00000400
+IN_UNMOUNT: Final = 0x00002000
+IN_Q_OVERFLOW: Final = 0x00004000
+IN_IGNORED: Final = 0x00008000
+IN_ONLYDIR: Final = 0x01000000
 IN_CLOEXEC: Final = 0o2000000
 IN_NONBLOCK: Final = 0o4000
 

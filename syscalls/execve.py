@@ -110,8 +110,7 @@ class ExecHandlers:
             return CONTINUE if verdict is None else Errno(verdict.errno)
         finally:
             # Any task may come out of an execve with other credentials (and
-            # de_thread gives the caller its leader's tid): forget them all,
-            # after the caller's were read above without being kept.
+            # de_thread gives the caller its leader's tid): forget them all.
             files.creds.forget_all()
 
     def _verdict(self, call: Call, dirfd: int, addr: int, flags: int) -> Refused | None:
@@ -127,9 +126,9 @@ class ExecHandlers:
                 raise _LeaveItToTheKernel  # execveat(fd, "", AT_EMPTY_PATH): the fd's file
             return Refused(errno.ENOENT, "empty path")
         where = files.absolute(call, dirfd, path)
-        # Not kept: the program may change them (creds.py), so they are read
-        # afresh and forgotten with everyone's in _exec.
-        creds = files.status.creds(call.pid)
+        # The caller's credentials before the exec are the ones the kernel
+        # judges it with; whatever the program changes, _exec forgets after.
+        creds = files.creds.get(call.pid)
         call.verify()
         cred = ExecCred(creds.fsuid, creds.fsgid, creds.groups, creds.cap_effective)
         who = Who(creds.fsuid, creds.fsgid, creds.groups, _overrides(creds))

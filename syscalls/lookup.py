@@ -40,6 +40,16 @@ directory with a POSIX ACL (``system.posix_acl_access``, remembered per
 inode and ctime) is not judged here: :class:`NotJudged` sends the call to
 the gofer, where the kernel judges it.
 
+**What search permission reads is kept too**: a directory's mode, owner and
+group (and whether it has an ACL) are read with one fstat the first time and
+then taken from the cache, which an inotify watch on the directory keeps
+true: chmod, chown and ACL changes (IN_ATTRIB), by whoever makes them, through
+a path or an fd, in the container or from the host, queue an event before
+their call returns, and every walk reads the queue first. A lookup that
+reads an empty queue is therefore ordered before any change it did not see,
+exactly as if it had run first. Without a watch (the host's inotify limits)
+the directory is fstat'ed on every walk, as before.
+
 **The directory cache** maps canonical paths to O_PATH fds, so a path's
 directories are opened once, not on every call. An fd follows its
 directory, not its name, so the cache is dropped whenever a name of the
@@ -50,16 +60,20 @@ the root is read-only and every path call is notified. The sentry's loop is
 one thread, so no lookup runs between a rename and the drop. (A change made
 from the host, behind the container's back, is not seen: ``--overlay none``
 with the bundle's directories renamed under a running container. gVisor
-has the same caveat for its dentry cache.)
+has the same caveat for its dentry cache, except that the watches above
+see a directory of the cache deleted or moved from the host, which then
+drops the cache.)
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import struct
 from collections.abc import Callable
 
 from pysandbox.gofer.client import KernelPath
+from pysandbox.oci import kernel
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -73,6 +87,9 @@ _ACLS_MAX: Final = 4096
 _STEP: Final = os.O_PATH | os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC
 _ACL_ACCESS: Final = "system.posix_acl_access"
 _NO_ACL: Final = (errno.ENODATA, errno.EOPNOTSUPP)
+_WATCH: Final = kernel.IN_ATTRIB | kernel.IN_DELETE_SELF | kernel.IN_MOVE_SELF | kernel.IN_ONLYDIR
+_MOVED: Final = kernel.IN_DELETE_SELF | kernel.IN_MOVE_SELF | kernel.IN_UNMOUNT | kernel.IN_IGNORED
+_EVENT: Final = struct.Struct("=iIII")  # struct inotify_event: wd, mask, cookie, len
 _S_IFMT: Final = 0o170000
 _S_IFLNK: Final = 0o120000
 
@@ -124,6 +141,11 @@ class Lookup:
         self.mapped = mapped
         self._dirs: dict[bytes, int] = {}  # canonical path of a directory -> O_PATH fd
         self._acls: dict[tuple[int, int], tuple[int, bool]] = {}  # (dev, ino) -> (ctime, ACL?)
+        self._perms: dict[int, tuple[int, int, int]] = {}  # a watched directory's mode, uid, gid
+        self._dir_acls: dict[int, bool] = {}  # whether a watched directory has an ACL
+        self._watches: dict[int, list[int]] = {}  # inotify wd -> the directory fds it watches
+        self._watched: set[int] = set()  # directory fds with a watch
+        self._notify = -1  # the inotify fd, made at the first watch (-2: none to be had)
 
     # --- the cache -------------------------------------------------------------------
 
@@ -133,6 +155,17 @@ class Lookup:
         self._dirs = {}
         for fd in dirs.values():
             os.close(fd)
+        self._forget_perms()
+
+    def _forget_perms(self) -> None:
+        """Forget every directory's mode, and the watches that kept it true."""
+        self._perms.clear()
+        self._dir_acls.clear()
+        self._watches.clear()
+        self._watched.clear()
+        if self._notify >= 0:
+            os.close(self._notify)  # and with it every watch
+            self._notify = -1
 
     def close(self) -> None:
         self.invalidate()
@@ -159,6 +192,8 @@ class Lookup:
         give, KernelPath, or NotJudged."""
         if len(self._dirs) >= _DIRS_MAX:
             self.invalidate()
+        elif self._notify >= 0:
+            self._read_events()
         names, trailing, dot_last = _split(path)
         todo = names[::-1]  # a stack: the next component last
         dirs = self._dirs
@@ -221,34 +256,104 @@ class Lookup:
         """EACCES unless ``who`` may search the directory ``dirfd``."""
         if who.overrides and self.mapped is None:
             return
-        st = os.stat(dirfd)
-        if who.overrides and self.mapped is not None and self.mapped(st.st_uid, st.st_gid):
+        perm = self._perms.get(dirfd)
+        st = None
+        if perm is None:
+            # The watch first: a change after it is an event, even one the
+            # fstat below already sees (that costs one more fstat, no more).
+            watched = self._watch(dirfd)
+            st = os.stat(dirfd)
+            perm = (st.st_mode, st.st_uid, st.st_gid)
+            if watched:
+                self._perms[dirfd] = perm
+        mode, uid, gid = perm
+        if who.overrides and self.mapped is not None and self.mapped(uid, gid):
             return
-        mode = st.st_mode
-        if st.st_uid == who.fsuid:
+        if uid == who.fsuid:
             if mode & 0o100:
                 return
             raise _err(errno.EACCES, path)
-        if self._has_acl(dirfd, st):
+        if self._acl(dirfd, st):
             raise NotJudged(path)
-        if mode & (0o010 if st.st_gid in who.groups else 0o001):
+        if mode & (0o010 if gid in who.groups else 0o001):
             return
         raise _err(errno.EACCES, path)
+
+    def _acl(self, dirfd: int, st: os.stat_result | None) -> bool:
+        """Whether the directory has an ACL: remembered while it is watched,
+        else by inode and ctime (``st``: its fstat, if at hand)."""
+        if dirfd in self._watched:
+            acl = self._dir_acls.get(dirfd)
+            if acl is None:
+                acl = self._dir_acls[dirfd] = _acl_of(dirfd)
+            return acl
+        return self._has_acl(dirfd, st if st is not None else os.stat(dirfd))
+
+    # --- the watches -------------------------------------------------------------------
+
+    def _watch(self, dirfd: int) -> bool:
+        """Whether ``dirfd`` is watched (it is now, if the kernel allows)."""
+        if dirfd in self._watched:
+            return True
+        if self._notify == -1:
+            try:
+                self._notify = kernel.inotify_init1(kernel.IN_CLOEXEC | kernel.IN_NONBLOCK)
+            except OSError:
+                self._notify = -2  # no instance left for us: every walk fstats
+        if self._notify < 0:
+            return False
+        try:
+            wd = kernel.inotify_add_watch(self._notify, f"/proc/self/fd/{dirfd}", _WATCH)
+        except OSError:
+            return False  # max_user_watches
+        self._watches.setdefault(wd, []).append(dirfd)
+        self._watched.add(dirfd)
+        return True
+
+    def _read_events(self) -> None:
+        """Apply what the watches saw since the last walk: a directory whose
+        attributes changed is read again; one moved, deleted or unmounted from
+        under the cache (by the host) drops the cache."""
+        moved = False
+        while True:
+            try:
+                data = os.read(self._notify, 65536)
+            except BlockingIOError:
+                break
+            offset = 0
+            while offset + _EVENT.size <= len(data):
+                wd, mask, _cookie, length = _EVENT.unpack_from(data, offset)
+                offset += _EVENT.size + length
+                if mask & kernel.IN_Q_OVERFLOW:
+                    moved = True  # events were lost: trust nothing kept
+                    continue
+                for fd in self._watches.get(wd, ()):
+                    self._perms.pop(fd, None)
+                    self._dir_acls.pop(fd, None)
+                if mask & _MOVED:
+                    moved = True
+        if moved:
+            self.invalidate()
 
     def _has_acl(self, fd: int, st: os.stat_result) -> bool:
         key = (st.st_dev, st.st_ino)
         known = self._acls.get(key)
         if known is not None and known[0] == st.st_ctime_ns:
             return known[1]  # an ACL change changes the ctime
-        try:
-            os.getxattr(f"/proc/self/fd/{fd}", _ACL_ACCESS)
-            has = True
-        except OSError as e:
-            has = e.errno not in _NO_ACL  # any other error: not ours to judge
+        has = _acl_of(fd)
         if len(self._acls) >= _ACLS_MAX:
             self._acls.clear()
         self._acls[key] = (st.st_ctime_ns, has)
         return has
+
+
+def _acl_of(fd: int) -> bool:
+    """Whether the directory ``fd`` has a POSIX ACL (any error: assume it has)."""
+    try:
+        os.getxattr(f"/proc/self/fd/{fd}", _ACL_ACCESS)
+        return True
+    except OSError as e:
+        return e.errno not in _NO_ACL
 
 
 def _symlink_or_enotdir(dirfd: int, name: bytes, path: bytes) -> bytes:

@@ -235,6 +235,8 @@ def test_changed_credentials_are_judged_as_changed(
     # The sentry caches a task's credentials (syscalls/creds.py): after capset,
     # a thread's own raw setresuid, setgroups, setresgid and setresuid, every
     # lookup it serves itself and every gofer request must use the new ones.
+    # It keeps directory modes too (syscalls/lookup.py): a mode changed through
+    # an fd by another process must count at the next lookup.
     exe = tmp_path / "creds-probe"
     res = subprocess.run(
         ["gcc", "-static", "-O1", "-Wall", "-pthread", "-o", str(exe), str(PROBES / "creds.c")],
@@ -262,4 +264,7 @@ def test_changed_credentials_are_judged_as_changed(
     # the probe proves something only if the identities were really judged apart
     assert "thread as 1000 stat /locked/f = -1 EACCES" in ours
     assert "main after the thread stat /locked/f = 0" in ours
-    assert "1000 in group 2000 open /group/f = 3" in ours
+    assert "1000 in group 2000 stat /group/f = 0 " in ours.splitlines()
+    # a mode changed through an fd (unseen by the sentry) between two lookups
+    assert "child 1000 in group 2000, after fchmod 0700 stat /group/f = -1 EACCES" in ours
+    assert "child 1000 in group 2000, after fchmod 0750 stat /group/f = 0 " in ours.splitlines()

@@ -216,3 +216,40 @@ def test_a_user_namespace_grants_capabilities_on_mapped_inodes_only(tmp_path: Pa
     finally:
         lookup.close()
         os.close(fd)
+
+
+def test_kept_directory_modes_follow_every_change(tree: tuple[Path, Lookup, bool]) -> None:
+    root, lookup, acl = tree
+    assert lookup.stat(b"/dir/sub/file", True, USER).st_ino
+    assert lookup._perms, "the modes of /, /dir and /dir/sub are kept"
+    fd = os.open(root / "dir/sub", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fchmod(fd, 0o700)  # through an fd: only the watch can tell
+        with pytest.raises(PermissionError):
+            lookup.stat(b"/dir/sub/file", True, USER)
+        os.fchmod(fd, 0o755)
+        assert lookup.stat(b"/dir/sub/file", True, USER).st_ino
+        os.fchown(fd, 1000, 1000)  # an owner change counts too
+        os.fchmod(fd, 0o700)
+        assert lookup.stat(b"/dir/sub/file", True, USER).st_ino  # the owner may search it
+        with pytest.raises(PermissionError):
+            lookup.stat(b"/dir/sub/file", True, ROOT_NO_CAPS)
+        os.fchmod(fd, 0o755)
+        if acl:
+            os.setxattr(f"/proc/self/fd/{fd}", "system.posix_acl_access", ACL_SHUTS_OUT_1000)
+            with pytest.raises(NotJudged):
+                lookup.stat(b"/dir/sub/file", True, Who(1001, 1001, (), False))
+    finally:
+        os.close(fd)
+
+
+def test_a_directory_moved_behind_the_caches_back_is_noticed(
+    tree: tuple[Path, Lookup, bool],
+) -> None:
+    root, lookup, _acl = tree
+    before = lookup.stat(b"/dir/sub/file", True, USER).st_ino
+    os.rename(root / "dir/sub", root / "dir/moved")  # from the host: no invalidate()
+    (root / "dir/sub").mkdir()
+    (root / "dir/sub/file").write_text("a new file\n")
+    now = lookup.stat(b"/dir/sub/file", True, USER).st_ino
+    assert now != before and now == os.stat(root / "dir/sub/file").st_ino

@@ -13,6 +13,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 static void report(const char *what, long rc) {
@@ -74,6 +75,37 @@ int main(void) {
     pthread_create(&t, NULL, in_thread, NULL);
     pthread_join(t, NULL);
     probe("main after the thread");
+    /* A directory's mode changed through an fd (fchmod never reaches the
+     * sentry) between two lookups of another process: the second one must
+     * see the new mode (the sentry keeps directory modes, inotify keeps them
+     * true). */
+    int up[2], down[2];
+    if (pipe(up) != 0 || pipe(down) != 0) return 1;
+    pid_t child = fork();
+    if (child == 0) {
+        char c;
+        gid_t g[] = {2000};
+        setgroups(1, g);
+        setresgid(1000, 1000, 1000);
+        setresuid(1000, 1000, 1000);
+        probe("child 1000 in group 2000, before");
+        if (write(up[1], "x", 1) != 1 || read(down[0], &c, 1) != 1) _exit(1);
+        probe("child 1000 in group 2000, after fchmod 0700");
+        if (write(up[1], "x", 1) != 1 || read(down[0], &c, 1) != 1) _exit(1);
+        probe("child 1000 in group 2000, after fchmod 0750");
+        _exit(0);
+    }
+    char c;
+    int dir = open("/group", O_RDONLY | O_DIRECTORY);
+    if (read(up[0], &c, 1) != 1) return 1;
+    report("fchmod /group 0700", fchmod(dir, 0700));
+    if (write(down[1], "x", 1) != 1 || read(up[0], &c, 1) != 1) return 1;
+    report("fchmod /group 0750", fchmod(dir, 0750));
+    if (write(down[1], "x", 1) != 1) return 1;
+    int status;
+    waitpid(child, &status, 0);
+    report("child exit", WEXITSTATUS(status));
+    close(dir);
     gid_t groups[] = {2000};
     report("setgroups 2000", setgroups(1, groups));
     report("setresgid 1000", setresgid(1000, 1000, 1000));
