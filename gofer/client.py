@@ -19,6 +19,7 @@ import _thread
 import array
 import errno
 import os
+import struct
 
 from . import protocol as p
 
@@ -32,6 +33,7 @@ __all__ = ["GoferClient", "GoferGone", "KernelPath"]
 
 _ANC_SPACE: Final = _socket.CMSG_SPACE(4 * 4)  # room for a few fds: extras are closed, not leaked
 _U32_MASK: Final = 0xFFFFFFFF
+_I32: Final = struct.Struct("<i")
 _UNCHANGED: Final = 0xFFFFFFFF
 AT_SYMLINK_NOFOLLOW: Final = 0x100
 AT_SYMLINK_FOLLOW: Final = 0x400
@@ -91,13 +93,19 @@ class GoferClient:
         strings: tuple[bytes, ...],
         cred: p.Credentials | None,
         mount: int,
+        send_fd: int = -1,
     ) -> tuple[bytes, int]:
-        """(result bytes, fd or -1); raises OSError with the gofer's errno."""
+        """(result bytes, fd or -1); raises OSError with the gofer's errno.
+        ``send_fd``: an fd that goes with the request (SCM_RIGHTS)."""
         with self._lock:
             self._next_id = rid = (self._next_id + 1) & _U32_MASK
             request = p.encode_request(op, rid, cred or self.cred, args, strings, mount)
             try:
-                self.sock.send(request)
+                if send_fd >= 0:
+                    rights = [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, _I32.pack(send_fd))]
+                    self.sock.sendmsg([request], rights)
+                else:
+                    self.sock.send(request)
                 n, anc, flags, _addr = self.sock.recvmsg_into(
                     [self._buf], _ANC_SPACE, _socket.MSG_CMSG_CLOEXEC
                 )
@@ -341,6 +349,18 @@ class GoferClient:
         """linkat; ``follow`` is AT_SYMLINK_FOLLOW (link(2) itself does not follow)."""
         flags = AT_SYMLINK_FOLLOW if follow else 0
         self._call(p.OP_LINK, (flags,), (_b(old), _b(new)), cred, mount)
+
+    def link_fd(
+        self,
+        fd: int,
+        new: PathArg,
+        *,
+        cred: p.Credentials | None = None,
+        mount: int = 0,
+    ) -> None:
+        """Give the file ``fd`` refers to the name ``new`` (linkat AT_EMPTY_PATH,
+        or AT_SYMLINK_FOLLOW of a /proc/self/fd link); ``fd`` stays ours."""
+        self._call(p.OP_LINKFD, (), (_b(new),), cred, mount, send_fd=fd)
 
     def symlink(
         self,

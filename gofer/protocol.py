@@ -165,6 +165,7 @@ OP_REMOVEXATTR: Final = 20
 OP_BIND: Final = 21
 OP_CONNECT: Final = 22
 OP_ACCESS: Final = 23
+OP_LINKFD: Final = 24  # the file to link comes as SCM_RIGHTS beside the request
 
 # String kinds: a path (or symlink target), an xattr name, an xattr value.
 PATH: Final = "p"
@@ -211,6 +212,7 @@ OPS: Final[dict[int, OpSpec]] = {
     OP_BIND: _spec("bind", "II", PATH),
     OP_CONNECT: _spec("connect", "I", PATH),
     OP_ACCESS: _spec("access", "II", PATH),
+    OP_LINKFD: _spec("linkfd", "", PATH),
 }
 
 # Every flag open(2) documents, as the kernel numbers them (Python's

@@ -129,6 +129,7 @@ _SUN_PATH_MAX: Final = 107  # sockaddr_un.sun_path less its NUL
 _UNCHANGED: Final = 0xFFFFFFFF
 _NSEC_MAX: Final = 999_999_999
 _I32: Final = struct.Struct("<i")
+_ANC_ONE_FD: Final = _socket.CMSG_SPACE(_I32.size)
 
 # The capabilities a caller may be lent for one request (if it has them and the
 # gofer does): those the kernel consults for file operations. CAP_SETUID and
@@ -289,6 +290,7 @@ class Server:
         self.restore_after_request = restore_after_request
         self.creds = CredentialSwitch()
         self._cwd = os.open("/", _O_PATH | os.O_DIRECTORY)
+        self.passed_fd = -1  # the fd that came with the request being served (LINKFD)
         # op -> bound method op_<name> (a subclass may override one)
         self._handlers: dict[int, Handler] = {
             op: getattr(self, "op_" + spec.name) for op, spec in p.OPS.items()
@@ -308,17 +310,23 @@ class Server:
         recv = self.sock.recvmsg_into
         while True:
             try:
-                # No ancillary buffer: an fd sent to the gofer is closed by the kernel.
-                n, _anc, flags, _addr = recv([buf])
+                # Room for one fd (LINKFD's); more are closed, never used.
+                n, anc, flags, _addr = recv([buf], _ANC_ONE_FD, _socket.MSG_CMSG_CLOEXEC)
             except OSError as e:
                 self._log(f"gofer: receive failed, stopping: {e}")
                 return
             if n == 0:
                 return
-            if flags & _socket.MSG_TRUNC:  # larger than any valid request
-                reply, fd = self._malformed(view[:n])
-            else:
-                reply, fd = self.handle(view[:n])
+            self.passed_fd = _first_fd(anc)
+            try:
+                if flags & _socket.MSG_TRUNC:  # larger than any valid request
+                    reply, fd = self._malformed(view[:n])
+                else:
+                    reply, fd = self.handle(view[:n])
+            finally:
+                if self.passed_fd >= 0:
+                    os.close(self.passed_fd)
+                    self.passed_fd = -1
             try:
                 self._send(reply, fd)
             except OSError as e:
@@ -691,6 +699,17 @@ class Server:
                 os.close(src_dir)
         return b"", -1
 
+    def op_linkfd(self, req: p.Request) -> tuple[bytes, int]:
+        """linkat(fd, "", ..., AT_EMPTY_PATH) of the fd sent with the request:
+        an O_TMPFILE file, or one named by the caller's /proc/self/fd link.
+        Linked through this process's own /proc/self/fd link, as open(2)
+        shows, which asks for no capability; the kernel's may_linkat
+        (protected_hardlinks) judges the caller's right to the file."""
+        if self.passed_fd < 0:
+            raise _err(errno.EBADF)
+        self._link(req, _proc_fd(self.passed_fd), None, req.strings[0])
+        return b"", -1
+
     def _link(self, req: p.Request, src: bytes, src_dir: int | None, new: bytes) -> None:
         """linkat(src_dir, src, parent of new, last component of new); with no
         src_dir, src is a /proc/self/fd link, followed to the object it names."""
@@ -767,3 +786,17 @@ def _id_arg(value: int) -> int:
 def _check_socket_type(kind: int) -> None:
     if kind & ~_SOCK_FLAGS not in _SOCK_TYPES:
         raise _err(errno.EINVAL)
+
+
+def _first_fd(ancdata: list[tuple[int, int, bytes]]) -> int:
+    """The first fd of SCM_RIGHTS in ``ancdata`` (-1: none); any other is closed."""
+    first = -1
+    for level, kind, data in ancdata:
+        if level != _socket.SOL_SOCKET or kind != _socket.SCM_RIGHTS:
+            continue
+        for (fd,) in _I32.iter_unpack(data[: len(data) - len(data) % _I32.size]):
+            if first < 0:
+                first = fd
+            else:
+                os.close(fd)
+    return first

@@ -23,8 +23,11 @@ What the kernel still does itself (SECCOMP_USER_NOTIF_FLAG_CONTINUE):
   /dev, its tmpfs mounts, bind mounts): the gofer says so (``KernelPath``)
   and the call goes back to the kernel;
 * calls on an fd rather than a path (``AT_EMPTY_PATH`` with an empty path,
-  ``utimensat(fd, NULL)``, ``readlinkat(fd, "")``);
-* chdir, chroot, execve, execveat and inotify_add_watch, which only read;
+  ``utimensat(fd, NULL)``, ``readlinkat(fd, "")``), but linkat: an fd (an
+  O_TMPFILE file) given a name, with AT_EMPTY_PATH or through the caller's
+  /proc/self/fd link, is linked by the gofer (``_link_fd``);
+* chdir, chroot, inotify_add_watch, which only read, and execve and execveat
+  once the sentry checked them (syscalls/execve.py);
 * a FIFO opened without O_NONBLOCK (the open must wait for the other end,
   which the gofer's single thread cannot).
 
@@ -207,6 +210,17 @@ def pack_statfs(s: StatFS) -> bytes:
         s.frsize,
         s.flags,
     )
+
+
+def _own_fd_link(path: bytes) -> int | None:
+    """N of ``/proc/self/fd/N`` or ``/proc/thread-self/fd/N`` (the caller's own
+    fd links), else None."""
+    for prefix in (b"/proc/self/fd/", b"/proc/thread-self/fd/"):
+        if path.startswith(prefix):
+            number = path[len(prefix) :]
+            if number.isdigit() and len(number) < 10:
+                return int(number)
+    return None
 
 
 def _einval() -> Errno:
@@ -498,6 +512,17 @@ class FileHandlers:
         creds = self._fresh(call)
         return self._cred(creds), creds.umask
 
+    def caller_fd(self, call: Call, fd: int) -> int:
+        """Our copy of the caller's ``fd`` (pidfd_getfd through a pidfd of the
+        calling thread, whose fd table may be its own); EBADF if it has none.
+        The notification is checked between the two: the pidfd is the caller's."""
+        pidfd = os.pidfd_open(call.pid, k.PIDFD_THREAD)
+        try:
+            call.verify()
+            return k.pidfd_getfd(pidfd, fd)
+        finally:
+            os.close(pidfd)
+
     def gofer_open(self, path: bytes, flags: int, cred: Credentials) -> int:
         """An fd of ``path`` opened by the gofer with ``cred`` (execve reads a
         program's first bytes with the gofer's own rights)."""
@@ -786,14 +811,35 @@ class FileHandlers:
         if flags & ~(k.AT_SYMLINK_FOLLOW | k.AT_EMPTY_PATH):
             return _einval()
         old = self._path(call, olddir, old_addr, flags & k.AT_EMPTY_PATH, kernel_check=False)
-        if old is None:
-            return CONTINUE  # linkat(fd, "", ...): an fd, not a path, is linked
         new = self._path(call, newdir, new_addr, kernel_check=False)
         assert new is not None
+        if old is None:  # linkat(fd, "", ..., AT_EMPTY_PATH): an O_TMPFILE file, say
+            return self._link_fd(call, s32(olddir), new)
+        if flags & k.AT_SYMLINK_FOLLOW:
+            fd = _own_fd_link(old)
+            if fd is not None:  # open(2)'s way: linkat of /proc/self/fd/N, followed
+                return self._link_fd(call, fd, new)
         crossing = self._across_mounts(old, new)
         if crossing is not None:
             return crossing
         self._g.link(old, new, follow=bool(flags & k.AT_SYMLINK_FOLLOW), cred=self._caller(call))
+        return 0
+
+    def _link_fd(self, call: Call, fd: int, new: bytes) -> Result:
+        """Name the file of the caller's ``fd`` ``new``: the gofer links its
+        copy through its own /proc/self/fd. The kernel's may_linkat judges the
+        caller's right to the file (protected_hardlinks); Linux 6.10's rule
+        for AT_EMPTY_PATH without CAP_DAC_READ_SEARCH, that the fd be the
+        caller's own open, is taken as met. A file of another mount than the
+        gofer's view of the root is EXDEV there, as Linux says."""
+        if self._in_kernel_mount(new):
+            return CONTINUE  # the kernel links into its own mounts (or says EXDEV)
+        cred = self._caller(call)
+        ours = self.caller_fd(call, fd)
+        try:
+            self._g.link_fd(ours, new, cred=cred)
+        finally:
+            os.close(ours)
         return 0
 
     def _symlink(self, call: Call, target_addr: int, newdir: int, new_addr: int) -> Result:

@@ -150,7 +150,6 @@ class UnixBindHandlers:
 
     def __init__(self, files: FileHandlers) -> None:
         self.files = files
-        self._thread_pidfds = True  # PIDFD_THREAD (6.9+), until the kernel says no
 
     def routes(self) -> dict[int, Handler]:
         return {k.SYS_BIND: self.bind}
@@ -219,12 +218,7 @@ class UnixBindHandlers:
     def _caller_socket(self, call: Call, fd: int) -> _socket.socket | None:
         """Our copy of the caller's ``fd`` as a socket; None when it is no AF_UNIX
         socket. OSError EBADF when the caller has no such fd."""
-        pidfd = self._pidfd(call.pid)
-        try:
-            call.verify()  # the pidfd is the caller's: so is the fd table it reaches
-            ours = k.pidfd_getfd(pidfd, fd)
-        finally:
-            os.close(pidfd)
+        ours = self.files.caller_fd(call, fd)
         try:
             sock = _socket.socket(fileno=ours)  # getsockname, SO_TYPE: ENOTSOCK
         except OSError:
@@ -234,17 +228,6 @@ class UnixBindHandlers:
             sock.close()
             return None
         return sock
-
-    def _pidfd(self, tid: int) -> int:
-        """A pidfd of the calling thread (whose fd table may be its own)."""
-        if self._thread_pidfds:
-            try:
-                return os.pidfd_open(tid, k.PIDFD_THREAD)
-            except OSError as e:
-                if e.errno != errno.EINVAL:
-                    raise
-                self._thread_pidfds = False  # before 6.9: the thread group's
-        return os.pidfd_open(_tgid(tid))
 
     @staticmethod
     def _install(call: Call, old: _socket.socket, new: int, fd: int) -> None:
@@ -317,16 +300,3 @@ def _cloexec(tid: int, fd: int) -> bool:
         if line.startswith(b"flags:"):
             return bool(int(line.split()[1], 8) & os.O_CLOEXEC)
     return False
-
-
-def _tgid(tid: int) -> int:
-    """The thread group of ``tid`` (/proc/TID/status), for kernels before 6.9."""
-    status = os.open(f"/proc/{tid}/status", os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        data = os.read(status, 4096)
-    finally:
-        os.close(status)
-    for line in data.splitlines():
-        if line.startswith(b"Tgid:"):
-            return int(line.split()[1])
-    raise OSError(errno.ESRCH, "no Tgid")

@@ -511,6 +511,9 @@ class _FakeFiles:
     def absolute(self, call: Call, dirfd: int, path: bytes) -> bytes:
         return self.base + b"/" + path
 
+    def caller_fd(self, call: Call, fd: int) -> int:
+        return FileHandlers.caller_fd(cast(FileHandlers, self), call, fd)
+
     def caller_and_umask(self, call: Call) -> tuple[object, int]:
         call.verify()
         return object(), 0o022

@@ -41,6 +41,7 @@ SAMPLES: list[tuple[int, tuple[int, ...], tuple[bytes, ...]]] = [
     (p.OP_REMOVEXATTR, (0,), (b"/f", b"user.k")),
     (p.OP_BIND, (1, 0o022), (b"/run/s.sock",)),
     (p.OP_CONNECT, (2,), (b"/run/s.sock",)),
+    (p.OP_LINKFD, (), (b"/named",)),
 ]
 
 

@@ -204,6 +204,35 @@ int main(void) {
     printf("  statx islnk %d\n", S_ISLNK(stx.stx_mode));
     T("statx-bad-flags", statx(AT_FDCWD, "/w/g2", 0x6000, STATX_TYPE, &stx));
     FD("tmpfile", open("/w", O_TMPFILE | O_RDWR, 0600));
+    /* an O_TMPFILE file given a name: by its fd (AT_EMPTY_PATH), and the way
+       open(2) shows, through /proc/self/fd with AT_SYMLINK_FOLLOW */
+    int tmp = open("/w", O_TMPFILE | O_RDWR, 0640);
+    show("tmpfile-for-linkat", tmp < 0 ? -1 : 0, errno);
+    if (tmp >= 0) {
+        T("tmpfile-write", write(tmp, "unnamed\n", 8));
+        T("linkat-empty-path", linkat(tmp, "", AT_FDCWD, "/w/named", AT_EMPTY_PATH));
+        mode_of("/w/named");
+        char proc[64];
+        snprintf(proc, sizeof proc, "/proc/self/fd/%d", tmp);
+        T("linkat-proc-fd", linkat(AT_FDCWD, proc, AT_FDCWD, "/w/named2", AT_SYMLINK_FOLLOW));
+        mode_of("/w/named2");
+        T("linkat-proc-fd-exists", linkat(AT_FDCWD, proc, AT_FDCWD, "/w/named2", AT_SYMLINK_FOLLOW));
+        T("linkat-proc-fd-nofollow", linkat(AT_FDCWD, proc, AT_FDCWD, "/w/named3", 0));
+        T("linkat-empty-path-missing-dir", linkat(tmp, "", AT_FDCWD, "/w/nodir/x", AT_EMPTY_PATH));
+        close(tmp);
+    }
+    int excl = open("/w", O_TMPFILE | O_RDWR | O_EXCL, 0600);
+    if (excl >= 0) {
+        T("linkat-tmpfile-excl", linkat(excl, "", AT_FDCWD, "/w/never", AT_EMPTY_PATH));
+        close(excl);
+    }
+    int devnull = open("/dev/null", O_RDONLY);
+    T("linkat-other-mount", linkat(devnull, "", AT_FDCWD, "/w/null", AT_EMPTY_PATH));
+    close(devnull);
+    int named = open("/w/g2", O_RDONLY);
+    T("linkat-named-file-by-fd", linkat(named, "", AT_FDCWD, "/w/g2-again", AT_EMPTY_PATH));
+    close(named);
+    T("linkat-bad-fd", linkat(999, "", AT_FDCWD, "/w/bad", AT_EMPTY_PATH));
     /* the kernel's own O_LARGEFILE bit (glibc leaves it out on x86_64) */
     FD("open-largefile", syscall(SYS_openat, AT_FDCWD, "/w/g2", O_RDONLY | 0100000));
     FD("openat2", syscall(SYS_openat2, AT_FDCWD, "/w/g2", &(struct { unsigned long long f, m, r; }){O_RDONLY, 0, 0}, 24));
