@@ -140,6 +140,7 @@ ALLOWED: Final[dict[str, str]] = {
     "readlink": "/proc/PID/ns/*, /proc/PID/fd/* (task table, fd resolution)",
     "readlinkat": "readlink's other entry point",
     "getxattr": "whether a directory has a POSIX ACL (syscalls/lookup.py: then the gofer judges)",
+    "lgetxattr": "whether a file has a POSIX ACL (access(2) in syscalls/lookup.py), not its target",
     "inotify_init1": "watches that keep the directory modes syscalls/lookup.py caches true",
     "inotify_add_watch": "a watch per cached directory (IN_ATTRIB, moved, deleted)",
     "fcntl": "CPython checks and sets fd flags (F_GETFD, F_GETFL)",

@@ -691,11 +691,13 @@ class FileHandlers:
         follow = not flags & k.AT_SYMLINK_NOFOLLOW
         lookup = self.lookup
         if lookup is not None:
-            overrides = bool(cred.caps & self._overrides_mask)
+            who = Who(cred.uid, cred.gid, cred.groups, bool(cred.caps & self._overrides_mask))
             try:
-                lookup.locate(path, follow, Who(cred.uid, cred.gid, cred.groups, overrides))
-                if mode == os.F_OK:
-                    return 0  # it exists: all F_OK asks
+                if mode & os.W_OK:  # read-only and immutable files: the gofer's kernel
+                    lookup.locate(path, follow, who)
+                else:
+                    lookup.access(path, mode, follow, who, cred.caps)
+                    return 0
             except NotJudged:
                 pass
         self._g.access(path, mode, follow=follow, cred=cred)

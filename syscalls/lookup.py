@@ -2,8 +2,8 @@
 
 A served stat used to cost a round trip to the gofer: ~36 us of a ~70 us
 call here, most of it two wake-ups of a Python process. Yet a lookup that
-reads no file (stat, lstat, statx, readlink, and whether an open or access
-would fail its path walk) needs none of the gofer's powers: no write, no
+reads no file (stat, lstat, statx, readlink, access for reading and
+executing, and whether an open would fail its path walk) needs none of the gofer's powers: no write, no
 open of a file's contents, no credentials of the caller's put on a thread.
 As gVisor's sentry does with directfs, the sentry therefore walks such paths
 itself, through an O_PATH fd of the container's root that the gofer handed
@@ -91,6 +91,7 @@ _WATCH: Final = kernel.IN_ATTRIB | kernel.IN_DELETE_SELF | kernel.IN_MOVE_SELF |
 _MOVED: Final = kernel.IN_DELETE_SELF | kernel.IN_MOVE_SELF | kernel.IN_UNMOUNT | kernel.IN_IGNORED
 _EVENT: Final = struct.Struct("=iIII")  # struct inotify_event: wd, mask, cookie, len
 _S_IFMT: Final = 0o170000
+_S_IFDIR: Final = 0o040000
 _S_IFLNK: Final = 0o120000
 
 
@@ -182,6 +183,39 @@ class Lookup:
         if not name or st.st_mode & _S_IFMT != _S_IFLNK:
             raise _err(errno.EINVAL, path)
         return os.readlink(name, dir_fd=dirfd)
+
+    def access(self, path: bytes, mode: int, follow: bool, who: Who, caps: int) -> None:
+        """access(2) of ``path`` for R_OK and X_OK (``mode``; W_OK is not judged
+        here: read-only and immutable files are the kernel's to tell), as
+        ``generic_permission`` judges the object for ``who`` with the
+        effective capabilities ``caps``. EACCES, the walk's errno, or NotJudged
+        (an ACL on the object)."""
+        if mode & ~(os.R_OK | os.X_OK):
+            raise NotJudged(path)
+        dirfd, name, st = self.locate(path, follow, who)
+        if not mode:
+            return
+        fmode = st.st_mode
+        if st.st_uid == who.fsuid:
+            bits = fmode >> 6
+        else:
+            if self._has_acl(_at(dirfd, name), st):
+                raise NotJudged(path)
+            bits = fmode >> 3 if st.st_gid in who.groups else fmode
+        if not mode & ~bits & 7:
+            return
+        if self.mapped is None or self.mapped(st.st_uid, st.st_gid):
+            override = bool(caps >> kernel.CAP_DAC_OVERRIDE & 1)
+            read_search = bool(caps >> kernel.CAP_DAC_READ_SEARCH & 1)
+            if fmode & _S_IFMT == _S_IFDIR:
+                if override or read_search:  # no MAY_WRITE here: both override
+                    return
+            else:
+                if mode == os.R_OK and read_search:
+                    return
+                if override and (not mode & os.X_OK or fmode & 0o111):
+                    return
+        raise _err(errno.EACCES, path)
 
     def locate(self, path: bytes, follow: bool, who: Who) -> tuple[int, bytes, os.stat_result]:
         """(an O_PATH directory fd, a name in it or b"" for the directory
@@ -335,22 +369,35 @@ class Lookup:
         if moved:
             self.invalidate()
 
-    def _has_acl(self, fd: int, st: os.stat_result) -> bool:
+    def _has_acl(self, where: int | str, st: os.stat_result) -> bool:
+        """Whether the object (a directory fd, or a /proc/self/fd path) has an
+        ACL, remembered by inode and ctime (an ACL change changes the ctime)."""
         key = (st.st_dev, st.st_ino)
         known = self._acls.get(key)
         if known is not None and known[0] == st.st_ctime_ns:
-            return known[1]  # an ACL change changes the ctime
-        has = _acl_of(fd)
+            return known[1]
+        has = _acl_of(where)
         if len(self._acls) >= _ACLS_MAX:
             self._acls.clear()
         self._acls[key] = (st.st_ctime_ns, has)
         return has
 
 
-def _acl_of(fd: int) -> bool:
-    """Whether the directory ``fd`` has a POSIX ACL (any error: assume it has)."""
+def _at(dirfd: int, name: bytes) -> int | str:
+    """``name`` in ``dirfd`` as _acl_of takes it: a /proc/self/fd path, or
+    the fd itself when the name is empty (the object is that directory)."""
+    return f"/proc/self/fd/{dirfd}/{os.fsdecode(name)}" if name else dirfd
+
+
+def _acl_of(where: int | str) -> bool:
+    """Whether the object has a POSIX ACL (any error: assume it has): a
+    directory fd (its /proc/self/fd link followed), or a path whose last
+    component is not followed (a symlink's target is not the object)."""
     try:
-        os.getxattr(f"/proc/self/fd/{fd}", _ACL_ACCESS)
+        if isinstance(where, int):
+            os.getxattr(f"/proc/self/fd/{where}", _ACL_ACCESS)
+        else:
+            os.getxattr(where, _ACL_ACCESS, follow_symlinks=False)
         return True
     except OSError as e:
         return e.errno not in _NO_ACL

@@ -37,7 +37,9 @@ from tests.integration.test_gofer_walk import (
 )
 
 Answer = list[object]
-Op = tuple[str, str]  # ("stat" | "lstat" | "readlink", path)
+Op = tuple[str, str]  # ("stat" | "lstat" | "readlink" | "access-MODE[-nofollow]", path)
+ACCESS_MODES = {"F": os.F_OK, "R": os.R_OK, "X": os.X_OK, "RX": os.R_OK | os.X_OK}
+ALL_CAPS = (1 << (kernel.cap_last_cap() + 1)) - 1
 KERNEL = "kernel"
 NOT_JUDGED = "not judged"
 
@@ -94,8 +96,15 @@ def ops() -> list[Op]:
     out: list[Op] = []
     for path in paths:
         out += [("stat", path), ("lstat", path)]
+        out += [(f"access-{m}", path) for m in ACCESS_MODES]
+        out += [("access-X-nofollow", path)]
     out += [("readlink", path) for path in READLINKS + EXTRA + ["/dir_link/", "/rel_file/"]]
     return out
+
+
+def _access_op(kind: str) -> tuple[int, bool]:
+    parts = kind.split("-")
+    return ACCESS_MODES[parts[1]], len(parts) < 3
 
 
 def lookup_answer(lookup: Lookup, op: Op, who: Who) -> Answer:
@@ -104,6 +113,10 @@ def lookup_answer(lookup: Lookup, op: Op, who: Who) -> Answer:
     try:
         if kind == "readlink":
             return [0, lookup.readlink(path, who).hex()]
+        if kind.startswith("access"):
+            mode, follow = _access_op(kind)
+            lookup.access(path, mode, follow, who, ALL_CAPS if who.overrides else 0)
+            return [0]
         return [0, lookup.stat(path, kind == "stat", who).st_ino]
     except KernelPath:
         return [KERNEL]
@@ -130,6 +143,11 @@ def kernel_answers(root: Path, todo: list[Op], who: Who) -> list[Answer]:
             try:
                 if kind == "readlink":
                     out.append([0, os.readlink(path).hex()])
+                elif kind.startswith("access"):
+                    mode, follow = _access_op(kind)
+                    flags = kernel.AT_EACCESS | (0 if follow else kernel.AT_SYMLINK_NOFOLLOW)
+                    kernel.faccessat2(kernel.AT_FDCWD, path, mode, flags)
+                    out.append([0])
                 else:
                     out.append([0, os.stat(path, follow_symlinks=kind == "stat").st_ino])
             except OSError as e:
@@ -143,7 +161,8 @@ def kernel_answers(root: Path, todo: list[Op], who: Who) -> list[Answer]:
 
 def is_kernel_path(op: Op) -> bool:
     kind, path = op
-    return path in KERNEL_EITHER_WAY or (kind == "stat" and path in KERNEL_WHEN_FOLLOWED)
+    follows = kind == "stat" or (kind.startswith("access") and not kind.endswith("nofollow"))
+    return path in KERNEL_EITHER_WAY or (follows and path in KERNEL_WHEN_FOLLOWED)
 
 
 @pytest.mark.parametrize("who", [ROOT, ROOT_NO_CAPS, USER], ids=["root", "root-no-caps", "user"])
@@ -169,7 +188,7 @@ def test_lookups_match_the_kernel(tree: tuple[Path, Lookup, bool], who: Who) -> 
         # the ACL shuts uid 1000 out of /acl: the kernel must say so, not the sentry
         assert ("stat", "/acl/file") in not_judged
         assert kernel_answers(root, [("stat", "/acl/file")], who) == [[errno.EACCES]]
-        assert all(path.startswith("/acl/") for _k, path in not_judged), not_judged
+        assert all(p == "/acl" or p.startswith("/acl/") for _k, p in not_judged), not_judged
     else:
         assert not not_judged
 
