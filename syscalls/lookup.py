@@ -3,8 +3,9 @@
 A served stat used to cost a round trip to the gofer: ~36 us of a ~70 us
 call here, most of it two wake-ups of a Python process. Yet a lookup that
 reads no file (stat, lstat, statx, readlink, access for reading and
-executing, and whether an open would fail its path walk) needs none of the gofer's powers: no write, no
-open of a file's contents, no credentials of the caller's put on a thread.
+executing, and whether an open would fail its path walk) needs none of the
+gofer's powers: no write, no open of a file's contents, no credentials of
+the caller's put on a thread.
 As gVisor's sentry does with directfs, the sentry therefore walks such paths
 itself, through an O_PATH fd of the container's root that the gofer handed
 it (``GoferClient.walk(b"/")``), and judges search permission for the caller
