@@ -34,6 +34,7 @@ __all__ = ["GoferClient", "GoferGone", "KernelPath"]
 _ANC_SPACE: Final = _socket.CMSG_SPACE(4 * 4)  # room for a few fds: extras are closed, not leaked
 _U32_MASK: Final = 0xFFFFFFFF
 _I32: Final = struct.Struct("<i")
+_ROOT_REPLY: Final = struct.Struct("<IQQ")  # op_root's: number, st_dev, st_ino
 _UNCHANGED: Final = 0xFFFFFFFF
 AT_SYMLINK_NOFOLLOW: Final = 0x100
 AT_SYMLINK_FOLLOW: Final = 0x400
@@ -76,6 +77,7 @@ class GoferClient:
     def __init__(self, sock: _socket.socket, cred: p.Credentials) -> None:
         self.sock = sock
         self.cred = cred
+        self.mount = 0  # the mount (a root: 0, or add_root's) of requests that name none
         self._buf = bytearray(p.MAX_REPLY + 1)
         self._view = memoryview(self._buf)
         self._next_id = 0
@@ -92,11 +94,14 @@ class GoferClient:
         args: tuple[int, ...],
         strings: tuple[bytes, ...],
         cred: p.Credentials | None,
-        mount: int,
+        mount: int | None,
         send_fd: int = -1,
     ) -> tuple[bytes, int]:
         """(result bytes, fd or -1); raises OSError with the gofer's errno.
-        ``send_fd``: an fd that goes with the request (SCM_RIGHTS)."""
+        ``send_fd``: an fd that goes with the request (SCM_RIGHTS); ``mount``
+        None: :attr:`mount`."""
+        if mount is None:
+            mount = self.mount
         with self._lock:
             self._next_id = rid = (self._next_id + 1) & _U32_MASK
             request = p.encode_request(op, rid, cred or self.cred, args, strings, mount)
@@ -143,7 +148,7 @@ class GoferClient:
         args: tuple[int, ...],
         strings: tuple[bytes, ...],
         cred: p.Credentials | None,
-        mount: int,
+        mount: int | None,
     ) -> int:
         _result, fd = self._call(op, args, strings, cred, mount)
         if fd < 0:
@@ -158,7 +163,7 @@ class GoferClient:
         *,
         follow: bool = True,
         cred: p.Credentials | None = None,
-        mount: int = 0,
+        mount: int | None = None,
     ) -> p.Stat:
         result, _fd = self._call(p.OP_STAT, (_at(follow),), (_b(path),), cred, mount)
         return p.Stat._make(p.STAT.unpack(result))
@@ -169,7 +174,7 @@ class GoferClient:
         *,
         follow: bool = True,
         cred: p.Credentials | None = None,
-        mount: int = 0,
+        mount: int | None = None,
     ) -> tuple[int, p.Stat]:
         """An O_PATH fd of ``path`` (the caller's to close) and its stat."""
         result, fd = self._call(p.OP_WALK, (_at(follow),), (_b(path),), cred, mount)
@@ -182,7 +187,7 @@ class GoferClient:
         mode: int = 0,
         *,
         cred: p.Credentials | None = None,
-        mount: int = 0,
+        mount: int | None = None,
     ) -> int:
         """open(2) with these O_ flags (and mode, which the caller's umask has
         already been applied to); the new fd is the caller's."""
@@ -195,7 +200,7 @@ class GoferClient:
         *,
         follow: bool = True,
         cred: p.Credentials | None = None,
-        mount: int = 0,
+        mount: int | None = None,
     ) -> None:
         self._call(p.OP_CHMOD, (mode, _at(follow)), (_b(path),), cred, mount)
 
@@ -207,7 +212,7 @@ class GoferClient:
         *,
         follow: bool = True,
         cred: p.Credentials | None = None,
-        mount: int = 0,
+        mount: int | None = None,
     ) -> None:
         """chown/lchown; -1 leaves that id unchanged."""
         args = (uid & _UNCHANGED, gid & _UNCHANGED, _at(follow))
@@ -221,7 +226,7 @@ class GoferClient:
         *,
         follow: bool = True,
         cred: p.Credentials | None = None,
-        mount: int = 0,
+        mount: int | None = None,
     ) -> None:
         """utimensat: each time is (seconds, nanoseconds); nanoseconds may be
         UTIME_NOW or UTIME_OMIT (pysandbox.oci.kernel)."""
@@ -229,12 +234,17 @@ class GoferClient:
         self._call(p.OP_UTIMENS, args, (_b(path),), cred, mount)
 
     def truncate(
-        self, path: PathArg, length: int, *, cred: p.Credentials | None = None, mount: int = 0
+        self,
+        path: PathArg,
+        length: int,
+        *,
+        cred: p.Credentials | None = None,
+        mount: int | None = None,
     ) -> None:
         self._call(p.OP_TRUNCATE, (length,), (_b(path),), cred, mount)
 
     def statfs(
-        self, path: PathArg, *, cred: p.Credentials | None = None, mount: int = 0
+        self, path: PathArg, *, cred: p.Credentials | None = None, mount: int | None = None
     ) -> p.StatFS:
         result, _fd = self._call(p.OP_STATFS, (), (_b(path),), cred, mount)
         return p.StatFS._make(p.STATFS.unpack(result))
@@ -246,7 +256,7 @@ class GoferClient:
         *,
         follow: bool = True,
         cred: p.Credentials | None = None,
-        mount: int = 0,
+        mount: int | None = None,
     ) -> bytes:
         result, _fd = self._call(p.OP_GETXATTR, (_at(follow),), (_b(path), _b(name)), cred, mount)
         return result
@@ -260,7 +270,7 @@ class GoferClient:
         *,
         follow: bool = True,
         cred: p.Credentials | None = None,
-        mount: int = 0,
+        mount: int | None = None,
     ) -> None:
         """``flags``: XATTR_CREATE (1) or XATTR_REPLACE (2), as setxattr(2)."""
         strings = (_b(path), _b(name), value)
@@ -272,7 +282,7 @@ class GoferClient:
         *,
         follow: bool = True,
         cred: p.Credentials | None = None,
-        mount: int = 0,
+        mount: int | None = None,
     ) -> list[bytes]:
         result, _fd = self._call(p.OP_LISTXATTR, (_at(follow),), (_b(path),), cred, mount)
         return result.split(b"\0")[:-1]
@@ -284,7 +294,7 @@ class GoferClient:
         *,
         follow: bool = True,
         cred: p.Credentials | None = None,
-        mount: int = 0,
+        mount: int | None = None,
     ) -> None:
         self._call(p.OP_REMOVEXATTR, (_at(follow),), (_b(path), _b(name)), cred, mount)
 
@@ -294,7 +304,7 @@ class GoferClient:
         kind: int = _socket.SOCK_STREAM,
         *,
         cred: p.Credentials | None = None,
-        mount: int = 0,
+        mount: int | None = None,
     ) -> int:
         """An AF_UNIX socket of ``kind`` (SOCK_NONBLOCK honoured) connected to the
         socket at ``path``; its peer sees the caller's uid and gid."""
@@ -303,7 +313,12 @@ class GoferClient:
     # --- operations on a name ----------------------------------------------------------
 
     def mkdir(
-        self, path: PathArg, mode: int, *, cred: p.Credentials | None = None, mount: int = 0
+        self,
+        path: PathArg,
+        mode: int,
+        *,
+        cred: p.Credentials | None = None,
+        mount: int | None = None,
     ) -> None:
         self._call(p.OP_MKDIR, (mode,), (_b(path),), cred, mount)
 
@@ -314,15 +329,19 @@ class GoferClient:
         dev: int = 0,
         *,
         cred: p.Credentials | None = None,
-        mount: int = 0,
+        mount: int | None = None,
     ) -> None:
         """FIFOs, sockets, regular files; device nodes with the caller's CAP_MKNOD."""
         self._call(p.OP_MKNOD, (mode, dev), (_b(path),), cred, mount)
 
-    def unlink(self, path: PathArg, *, cred: p.Credentials | None = None, mount: int = 0) -> None:
+    def unlink(
+        self, path: PathArg, *, cred: p.Credentials | None = None, mount: int | None = None
+    ) -> None:
         self._call(p.OP_UNLINK, (), (_b(path),), cred, mount)
 
-    def rmdir(self, path: PathArg, *, cred: p.Credentials | None = None, mount: int = 0) -> None:
+    def rmdir(
+        self, path: PathArg, *, cred: p.Credentials | None = None, mount: int | None = None
+    ) -> None:
         self._call(p.OP_RMDIR, (), (_b(path),), cred, mount)
 
     def rename(
@@ -332,7 +351,7 @@ class GoferClient:
         flags: int = 0,
         *,
         cred: p.Credentials | None = None,
-        mount: int = 0,
+        mount: int | None = None,
     ) -> None:
         """renameat2 (RENAME_NOREPLACE, RENAME_EXCHANGE, RENAME_WHITEOUT in ``flags``)."""
         self._call(p.OP_RENAME, (flags,), (_b(old), _b(new)), cred, mount)
@@ -344,11 +363,19 @@ class GoferClient:
         *,
         follow: bool = False,
         cred: p.Credentials | None = None,
-        mount: int = 0,
+        mount: int | None = None,
     ) -> None:
         """linkat; ``follow`` is AT_SYMLINK_FOLLOW (link(2) itself does not follow)."""
         flags = AT_SYMLINK_FOLLOW if follow else 0
         self._call(p.OP_LINK, (flags,), (_b(old), _b(new)), cred, mount)
+
+    def add_root(self, path: PathArg, *, cred: p.Credentials | None = None) -> tuple[int, int, int]:
+        """(number, st_dev, st_ino) of a root made of the directory ``path`` (of
+        mount 0), the number for the ``mount`` argument of later requests
+        (gofer/server.py op_root)."""
+        result, _fd = self._call(p.OP_ROOT, (), (_b(path),), cred, 0)
+        number, dev, ino = _ROOT_REPLY.unpack(result)
+        return number, dev, ino
 
     def link_fd(
         self,
@@ -356,7 +383,7 @@ class GoferClient:
         new: PathArg,
         *,
         cred: p.Credentials | None = None,
-        mount: int = 0,
+        mount: int | None = None,
     ) -> None:
         """Give the file ``fd`` refers to the name ``new`` (linkat AT_EMPTY_PATH,
         or AT_SYMLINK_FOLLOW of a /proc/self/fd link); ``fd`` stays ours."""
@@ -368,7 +395,7 @@ class GoferClient:
         path: PathArg,
         *,
         cred: p.Credentials | None = None,
-        mount: int = 0,
+        mount: int | None = None,
     ) -> None:
         self._call(p.OP_SYMLINK, (), (_b(target), _b(path)), cred, mount)
 
@@ -379,14 +406,14 @@ class GoferClient:
         *,
         follow: bool = True,
         cred: p.Credentials | None = None,
-        mount: int = 0,
+        mount: int | None = None,
     ) -> None:
         """faccessat2(AT_EACCESS) judged with ``cred``: put the ids access(2)
         must be judged by (real or effective) into it."""
         self._call(p.OP_ACCESS, (mode, _at(follow)), (_b(path),), cred, mount)
 
     def readlink(
-        self, path: PathArg, *, cred: p.Credentials | None = None, mount: int = 0
+        self, path: PathArg, *, cred: p.Credentials | None = None, mount: int | None = None
     ) -> bytes:
         result, _fd = self._call(p.OP_READLINK, (), (_b(path),), cred, mount)
         return result
@@ -398,7 +425,7 @@ class GoferClient:
         umask: int = 0o022,
         *,
         cred: p.Credentials | None = None,
-        mount: int = 0,
+        mount: int | None = None,
     ) -> int:
         """An AF_UNIX socket of ``kind`` bound at ``path`` (mode 0777 & ~umask,
         owned by the caller); the caller listens on it or sends from it."""

@@ -125,6 +125,7 @@ __all__ = [
     "KERNEL_SERVED",
     "MAX_REPLY",
     "MAX_REQUEST",
+    "MAX_ROOTS",
     "OPS",
     "REPLY",
     "STAT",
@@ -166,6 +167,8 @@ OP_BIND: Final = 21
 OP_CONNECT: Final = 22
 OP_ACCESS: Final = 23
 OP_LINKFD: Final = 24  # the file to link comes as SCM_RIGHTS beside the request
+OP_ROOT: Final = 25  # a directory of mount 0 becomes a root of its own (chroot)
+MAX_ROOTS: Final = 64  # roots a gofer holds at most (the chroot()s a container makes)
 
 # String kinds: a path (or symlink target), an xattr name, an xattr value.
 PATH: Final = "p"
@@ -213,6 +216,7 @@ OPS: Final[dict[int, OpSpec]] = {
     OP_CONNECT: _spec("connect", "I", PATH),
     OP_ACCESS: _spec("access", "II", PATH),
     OP_LINKFD: _spec("linkfd", "", PATH),
+    OP_ROOT: _spec("root", "", PATH),
 }
 
 # Every flag open(2) documents, as the kernel numbers them (Python's

@@ -129,6 +129,7 @@ _SUN_PATH_MAX: Final = 107  # sockaddr_un.sun_path less its NUL
 _UNCHANGED: Final = 0xFFFFFFFF
 _NSEC_MAX: Final = 999_999_999
 _I32: Final = struct.Struct("<i")
+_ROOT_REPLY: Final = struct.Struct("<IQQ")  # op_root's: number, st_dev, st_ino
 _ANC_ONE_FD: Final = _socket.CMSG_SPACE(_I32.size)
 
 # The capabilities a caller may be lent for one request (if it has them and the
@@ -283,6 +284,7 @@ class Server:
     ) -> None:
         self.sock = sock
         self.roots = tuple(roots)
+        self._given_roots = len(self.roots)  # later ones are op_root's, closed by close()
         # Resolution in mount 0, with the container's other mount points (as it
         # names them): a path into one is answered KERNEL_SERVED (gofer/walk.py).
         self.walker = Walker(self.roots[0], kernel_mounts)
@@ -298,8 +300,11 @@ class Server:
         os.umask(0)
 
     def close(self) -> None:
-        """Close what the server opened itself (not the socket or the roots)."""
+        """Close what the server opened itself (not the socket or the roots given)."""
         os.close(self._cwd)
+        for fd in self.roots[self._given_roots :]:
+            os.close(fd)
+        self.roots = self.roots[: self._given_roots]
 
     # --- the loop --------------------------------------------------------------
 
@@ -459,6 +464,30 @@ class Server:
             return p.stat_result(os.fstat(fd)), -1
         finally:
             os.close(fd)
+
+    def op_root(self, req: p.Request) -> tuple[bytes, int]:
+        """The directory ``path`` names in the request's mount becomes a root of
+        its own, the way chroot(2) makes one: later requests on that mount
+        number resolve in it (RESOLVE_IN_ROOT: its ``..`` and absolute symlinks
+        stay inside). Replies with the number; asking again for the same
+        directory gives the same one."""
+        if req.mount:
+            raise _err(errno.EINVAL)  # roots are directories of the container's root
+        fd = self._resolve(req, req.strings[0], flags=os.O_DIRECTORY)
+        try:
+            st = os.fstat(fd)
+            for number, root in enumerate(self.roots):
+                other = os.fstat(root)
+                if (other.st_dev, other.st_ino) == (st.st_dev, st.st_ino):
+                    os.close(fd)
+                    return _ROOT_REPLY.pack(number, st.st_dev, st.st_ino), -1
+            if len(self.roots) >= p.MAX_ROOTS:
+                raise _err(errno.EMFILE)
+        except BaseException:
+            os.close(fd)
+            raise
+        self.roots = (*self.roots, fd)
+        return _ROOT_REPLY.pack(len(self.roots) - 1, st.st_dev, st.st_ino), -1
 
     def op_walk(self, req: p.Request) -> tuple[bytes, int]:
         fd = self._resolve(req, req.strings[0], _nofollow(req.args[0]))

@@ -24,7 +24,8 @@ caller's own credentials (and no_new_privs). The binfmt_misc refusal is
 best-effort for the same reason.
 
 What is left to the kernel without a check (CONTINUE): a program in a mount
-the kernel serves (a tmpfs, a bind mount), an fd (execveat AT_EMPTY_PATH),
+the kernel serves (a tmpfs, a bind mount), an fd (execveat AT_EMPTY_PATH), a
+caller that chroot()ed,
 a file or directory with a POSIX ACL, an interpreter in such places, and
 anything the gofer cannot read. Every execve also makes the sentry forget
 the credentials it cached (syscalls/creds.py).
@@ -126,6 +127,8 @@ class ExecHandlers:
                 raise _LeaveItToTheKernel  # execveat(fd, "", AT_EMPTY_PATH): the fd's file
             return Refused(errno.ENOENT, "empty path")
         where = files.absolute(call, dirfd, path)
+        if files.jail:
+            raise _LeaveItToTheKernel  # a chroot()ed caller: its root is not the lookup's
         # The caller's credentials before the exec are the ones the kernel
         # judges it with; whatever the program changes, _exec forgets after.
         creds = files.creds.get(call.pid)

@@ -99,6 +99,9 @@ _STATX_RESERVED: Final = 0x80000000
 _DELETED: Final = b" (deleted)"
 _STATX_MNT_ID: Final = 0x1000
 _current_cpu = k.current_cpu
+# Who walks the container's root to make a root of a directory (the caller's
+# chroot() already passed the kernel's checks on it).
+_ROOT_WALKER: Final = Credentials(0, 0, (), 1 << k.CAP_DAC_READ_SEARCH)
 
 
 class IdMap:
@@ -247,6 +250,7 @@ class FileHandlers:
         self.gofer_pid = 0
         # does a path begin with a mount point the kernel serves? (gofer/walk.py)
         self._kernel_mount_at: Callable[[bytes], object] | None = None
+        self._mounts: frozenset[bytes] = frozenset()
         self._gofer_cpu = -1  # the CPU the gofer was last pinned to
         self.status = StatusFiles()
         self.creds = CredCache(self.status)  # enabled by use_routing()
@@ -257,6 +261,11 @@ class FileHandlers:
         # Set once any task chroot()s: paths are then taken relative to each
         # caller's root (one more readlink per call, only in such containers).
         self.chrooted = False
+        # The caller's root when it is not the container's (chroot), as a
+        # container path, for the call being served ("" otherwise); the gofer
+        # serves it as a root of its own (self.jails: its (dev, ino) -> number).
+        self.jail = b""
+        self.jails: dict[tuple[int, int], int | None] = {}
 
     def attach(
         self,
@@ -269,6 +278,7 @@ class FileHandlers:
         mount points other than its root (the kernel serves them)."""
         self.gofer_pid = gofer_pid
         mounts = normalize_mounts(kernel_mounts or ())
+        self._mounts = mounts
         self._kernel_mount_at = mount_prefix_matcher(mounts)
         self.uids = IdMap.of(init_pid, "uid")
         self.gids = IdMap.of(init_pid, "gid")
@@ -406,7 +416,7 @@ class FileHandlers:
     def _chroot(self, call: Call) -> Result:
         # The kernel changes the caller's root (it checks CAP_SYS_CHROOT and the
         # path in its read-only view); from now on paths are taken relative to
-        # each caller's root.
+        # each caller's root, which the gofer serves as a root (absolute()).
         self.chrooted = True
         return CONTINUE
 
@@ -425,9 +435,14 @@ class FileHandlers:
         return self.absolute(call, dirfd, path, kernel_check)
 
     def absolute(self, call: Call, dirfd: int, path: bytes, kernel_check: bool = True) -> bytes:
-        """The absolute container path of ``path`` (already copied from the
-        caller, not empty), relative to ``dirfd`` or the caller's cwd;
-        ``KernelPath`` when it plainly leads into a mount the kernel serves."""
+        """The absolute path of ``path`` (already copied from the caller, not
+        empty), relative to ``dirfd`` or the caller's cwd; ``KernelPath`` when
+        it plainly leads into a mount the kernel serves. For a caller that
+        chroot()ed, the path is its root's, and :attr:`jail` and the gofer's
+        mount say which root that is (or, where the gofer cannot serve it as a
+        root, the path is the container's, prefixed with the caller's root)."""
+        jail = self._caller_jail(call) if self.chrooted else b""
+        outside = False
         if path[0] != 0x2F:  # relative: to the cwd or the dirfd's directory
             dirfd = s32(dirfd)
             if dirfd == k.AT_FDCWD:
@@ -444,21 +459,70 @@ class FileHandlers:
                 raise OSError(errno.ENOTDIR, "dirfd is not a directory")  # pipe:[..], socket:[..]
             if base.endswith(_DELETED):
                 raise OSError(errno.ENOENT, "directory was removed")
-            base = self._from_gofer(link, base)
+            base = self._from_gofer(link, base)  # a container path
+            if jail:
+                if base == jail or base.startswith(jail + b"/"):
+                    base = base[len(jail) :] or b"/"
+                else:
+                    outside = True  # a cwd left outside the chroot: the container's path
             path = (base if base != b"/" else b"") + b"/" + path
-        if self.chrooted:
-            root = os.readlink(f"/proc/{call.pid}/root".encode())
-            if root != b"/":
-                path = root + path
+        mount = 0
+        if jail and not outside:
+            number = self._jail_mount(call, jail)
+            if number is None:
+                path, jail = jail + path, b""  # served in the container's root
+            else:
+                mount = number
+        else:
+            jail = b""
+        self.jail = jail
+        if self.gofer is not None:
+            self.gofer.mount = mount
         if kernel_check and self._in_kernel_mount(path):
             raise KernelPath(path)
         return path
+
+    def _caller_jail(self, call: Call) -> bytes:
+        """The caller's root as a container path, b"" when it is the container's."""
+        root = os.readlink(f"/proc/{call.pid}/root".encode())
+        return b"" if root == b"/" else root
+
+    def _jail_mount(self, call: Call, jail: bytes) -> int | None:
+        """The gofer's number for the caller's root ``jail``; None when it cannot
+        be one: a kernel mount lies inside it (the gofer's root would show the
+        directory below), or it is not the directory the path names now."""
+        st = os.stat(f"/proc/{call.pid}/root")
+        key = (st.st_dev, st.st_ino)
+        if key in self.jails:
+            return self.jails[key]
+        number: int | None = None
+        prefix = jail + b"/"
+        gofer = self.gofer
+        if gofer is not None and not any(m.startswith(prefix) for m in self._mounts):
+            try:
+                number, dev, ino = gofer.add_root(jail, cred=_ROOT_WALKER)
+            except OSError:
+                number = None
+            else:
+                if (dev, ino) != key:
+                    number = None  # renamed meanwhile: the path names another directory
+        if len(self.jails) >= 64:
+            self.jails.clear()
+        self.jails[key] = number
+        return number
+
+    def _current_lookup(self) -> Lookup | None:
+        """The sentry's own lookups, for a caller in the container's root only
+        (a chroot()ed caller's paths are the gofer's to resolve in its root)."""
+        return None if self.jail else self.lookup
 
     def _in_kernel_mount(self, path: bytes) -> bool:
         """Whether ``path`` plainly names something in a mount the kernel serves
         (/proc/self/status, /dev/null): the gofer need not be asked. A path
         with ``..`` or a symlink on the way is the gofer's to judge."""
         match = self._kernel_mount_at
+        if self.jail:
+            path = self.jail + path
         if match is None or match(path) is None:
             return False
         return b".." not in path or b".." not in path.split(b"/")
@@ -616,7 +680,7 @@ class FileHandlers:
             return CONTINUE  # fstat of dirfd
         follow = not flags & k.AT_SYMLINK_NOFOLLOW
         creds = self._caller_creds(call)
-        lookup = self.lookup
+        lookup = self._current_lookup()
         if lookup is not None:
             try:
                 ost = lookup.stat(path, follow, self._who(creds))
@@ -650,7 +714,7 @@ class FileHandlers:
         sync = flags & k.AT_STATX_SYNC_TYPE
         creds = self._caller_creds(call)
         raw = b""
-        lookup = self.lookup
+        lookup = self._current_lookup()
         if lookup is not None:
             try:
                 dirfd, name, _ = lookup.locate(path, follow, self._who(creds))
@@ -689,7 +753,7 @@ class FileHandlers:
             caps = creds.cap_permitted if creds.ruid == self.root_uid else 0
             cred = Credentials(creds.ruid, creds.rgid, creds.groups, caps)
         follow = not flags & k.AT_SYMLINK_NOFOLLOW
-        lookup = self.lookup
+        lookup = self._current_lookup()
         if lookup is not None:
             who = Who(cred.uid, cred.gid, cred.groups, bool(cred.caps & self._overrides_mask))
             try:
@@ -712,7 +776,7 @@ class FileHandlers:
             return CONTINUE  # readlinkat(fd, ""): the symlink fd refers to
         creds = self._caller_creds(call)
         target = b""
-        lookup = self.lookup
+        lookup = self._current_lookup()
         try:
             if lookup is None:
                 raise NotJudged(path)
@@ -791,7 +855,7 @@ class FileHandlers:
     def _walk_check(self, path: bytes, follow: bool, creds: Creds) -> None:
         """Raise the error the path walk of ``path`` gives the caller, if any
         (the sentry's own lookup; an ACL on the way leaves it to the gofer)."""
-        lookup = self.lookup
+        lookup = self._current_lookup()
         if lookup is not None:
             with contextlib.suppress(NotJudged):
                 lookup.locate(path, follow, self._who(creds))

@@ -268,3 +268,36 @@ def test_changed_credentials_are_judged_as_changed(
     # a mode changed through an fd (unseen by the sentry) between two lookups
     assert "child 1000 in group 2000, after fchmod 0700 stat /group/f = -1 EACCES" in ours
     assert "child 1000 in group 2000, after fchmod 0750 stat /group/f = 0 " in ours.splitlines()
+
+
+def test_a_chrooted_caller_gets_its_roots_paths(
+    runtime: Runner, busybox_rootfs: Path, tmp_path: Path
+) -> None:
+    # After chroot(2), absolute paths, absolute and relative symlinks and ".."
+    # are the new root's (the gofer serves it as a root of its own: ROOT), and
+    # relative paths follow the working directory inside it. Before, an
+    # absolute symlink in the new root led back to the container's root.
+    exe = tmp_path / "chroot-probe"
+    res = subprocess.run(
+        ["gcc", "-static", "-O1", "-Wall", "-o", str(exe), str(PROBES / "chroot.c")],
+        capture_output=True,
+        text=True,
+    )
+    assert res.returncode == 0, res.stderr
+    outputs = []
+    for name in ("ours", "theirs"):
+        b = _bundle(tmp_path, busybox_rootfs, name, "/chroot-probe")
+        for kind in ("bounding", "effective", "permitted"):
+            b.config["process"]["capabilities"][kind].append("CAP_SYS_CHROOT")
+        b.write()
+        shutil.copy(exe, b.rootfs / "chroot-probe")
+        if name == "ours":
+            got = runtime("run", "--bundle", str(b.path), "chroot-probe")
+        else:
+            got = _runc(tmp_path, b, "chroot-probe-runc")
+        assert got.returncode == 0, got.stderr
+        outputs.append(got.stdout)
+    ours, theirs = outputs
+    pairs = zip(ours.splitlines(), theirs.splitlines(), strict=False)
+    assert ours == theirs, "\n".join(f"{a!r} != {b!r}" for a, b in pairs if a != b)
+    assert "read /abs inside" in ours and "read /abs-out ENOENT" in ours

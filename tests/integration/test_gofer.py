@@ -1004,3 +1004,27 @@ def test_stat_round_trip_time(c: GoferClient, capsys: pytest.CaptureFixture[str]
     with capsys.disabled():
         print(f"\ngofer stat round trip: median {median} ns, p90 {times[len(times) * 9 // 10]} ns")
     assert median < 1_000_000
+
+
+def test_a_directory_becomes_a_root_of_its_own(c: GoferClient, tree: Tree) -> None:
+    """ROOT (chroot's): the directory's ``..`` and absolute symlinks stay inside
+    it, and the same directory keeps its number."""
+    jail = tree.root / "dir"
+    os.symlink("/file", jail / "abs")
+    os.symlink("../../../etc/passwd", jail / "up")
+    number, dev, ino = c.add_root(b"/dir")
+    assert number >= 1 and (dev, ino) == (os.stat(jail).st_dev, os.stat(jail).st_ino)
+    assert c.add_root(b"/dir_link/")[0] == number  # the same directory, the same root
+    assert c.stat(b"/abs", mount=number).ino == os.stat(jail / "file").st_ino
+    assert errno_of(c.stat, b"/up", mount=number) == errno.ENOENT  # /etc is not in it
+    assert c.stat(b"/../../file", mount=number).ino == os.stat(jail / "file").st_ino
+    c.mkdir(b"/made", 0o700, mount=number)
+    assert (jail / "made").is_dir() and not (tree.root / "made").exists()
+    c.mount = number  # the default for requests that name no mount
+    assert c.readlink(b"/abs") == b"/file"
+    c.unlink(b"/abs")
+    assert not (jail / "abs").exists()
+    c.mount = 0
+    assert errno_of(c.add_root, b"/etc/passwd") == errno.ENOTDIR
+    assert errno_of(c.add_root, b"/missing") == errno.ENOENT
+    assert errno_of(c.stat, b"/", mount=99) == errno.EINVAL
