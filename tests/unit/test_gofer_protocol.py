@@ -42,6 +42,7 @@ SAMPLES: list[tuple[int, tuple[int, ...], tuple[bytes, ...]]] = [
     (p.OP_BIND, (1, 0o022), (b"/run/s.sock",)),
     (p.OP_CONNECT, (2,), (b"/run/s.sock",)),
     (p.OP_LINKFD, (), (b"/named",)),
+    (p.OP_ROOT, (), (b"/jail",)),
 ]
 
 
