@@ -382,6 +382,12 @@ def inotify_init1(flags: int = IN_CLOEXEC) -> int:
     return _check(_libc.inotify_init1(ctypes.c_int(flags)))
 
 
+def inotify_rm_watch(fd: int, wd: int) -> None:
+    """inotify_rm_watch(2): stop the watch ``wd`` (an IN_IGNORED event follows).
+    Unlike closing the instance, this does not wait for an SRCU grace period."""
+    _check(_libc.inotify_rm_watch(ctypes.c_int(fd), ctypes.c_int(wd)))
+
+
 def inotify_add_watch(fd: int, path: str, mask: int) -> int:
     """inotify_add_watch(2): watch path for the events in mask; returns the watch descriptor."""
     return _check_path(

@@ -143,6 +143,7 @@ ALLOWED: Final[dict[str, str]] = {
     "lgetxattr": "whether a file has a POSIX ACL (access(2) in syscalls/lookup.py), not its target",
     "inotify_init1": "watches that keep the directory modes syscalls/lookup.py caches true",
     "inotify_add_watch": "a watch per cached directory (IN_ATTRIB, moved, deleted)",
+    "inotify_rm_watch": "the watches of a dropped directory cache (closing would wait ~15 ms)",
     "fcntl": "CPython checks and sets fd flags (F_GETFD, F_GETFL)",
     "process_vm_readv": "reading a caller's arguments (rule 1: copy first)",
     "process_vm_writev": "writing results into a caller (uname, sysinfo, ...)",

@@ -84,6 +84,10 @@ __all__ = ["MAXSYMLINKS", "Lookup", "NotJudged", "Who"]
 
 MAXSYMLINKS: Final = 40  # the kernel's limit on the symlinks one lookup follows
 _DIRS_MAX: Final = 4096  # cached directory fds at most; then all are closed
+# Walks before the first watch: tearing an inotify instance down (at the
+# sentry's exit) waits for an SRCU grace period, ~15 ms here, which a short
+# container (`run` of `true`: three walks) should not pay for nothing.
+_WATCH_AFTER: Final = 512
 _ACLS_MAX: Final = 4096
 _STEP: Final = os.O_PATH | os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC
 _ACL_ACCESS: Final = "system.posix_acl_access"
@@ -137,8 +141,10 @@ class Lookup:
         root: int,
         mounts: frozenset[bytes],
         mapped: Callable[[int, int], bool] | None = None,
+        watch_after: int = _WATCH_AFTER,
     ) -> None:
         self.root = root
+        self.watch_after = watch_after  # walks before the first watch
         self.mounts = mounts
         self.mapped = mapped
         self._dirs: dict[bytes, int] = {}  # canonical path of a directory -> O_PATH fd
@@ -148,6 +154,7 @@ class Lookup:
         self._watches: dict[int, list[int]] = {}  # inotify wd -> the directory fds it watches
         self._watched: set[int] = set()  # directory fds with a watch
         self._notify = -1  # the inotify fd, made at the first watch (-2: none to be had)
+        self._walks = 0
 
     # --- the cache -------------------------------------------------------------------
 
@@ -160,17 +167,24 @@ class Lookup:
         self._forget_perms()
 
     def _forget_perms(self) -> None:
-        """Forget every directory's mode, and the watches that kept it true."""
+        """Forget every directory's mode, and the watches that kept it true
+        (removed one by one: closing the instance would wait ~15 ms)."""
         self._perms.clear()
         self._dir_acls.clear()
+        if self._notify >= 0:
+            for wd in self._watches:
+                try:
+                    kernel.inotify_rm_watch(self._notify, wd)
+                except OSError:
+                    pass  # gone with its directory already (IN_IGNORED)
         self._watches.clear()
         self._watched.clear()
-        if self._notify >= 0:
-            os.close(self._notify)  # and with it every watch
-            self._notify = -1
 
     def close(self) -> None:
         self.invalidate()
+        if self._notify >= 0:
+            os.close(self._notify)
+            self._notify = -1
 
     # --- the calls -------------------------------------------------------------------
 
@@ -225,6 +239,7 @@ class Lookup:
         trailing slash says so. The fd belongs to the cache: valid until the
         next :meth:`invalidate`. Raises the errno the kernel's walk would
         give, KernelPath, or NotJudged."""
+        self._walks += 1
         if len(self._dirs) >= _DIRS_MAX:
             self.invalidate()
         elif self._notify >= 0:
@@ -331,6 +346,8 @@ class Lookup:
         if dirfd in self._watched:
             return True
         if self._notify == -1:
+            if self._walks <= self.watch_after:
+                return False  # not yet: see _WATCH_AFTER
             try:
                 self._notify = kernel.inotify_init1(kernel.IN_CLOEXEC | kernel.IN_NONBLOCK)
             except OSError:
@@ -362,7 +379,10 @@ class Lookup:
                 if mask & kernel.IN_Q_OVERFLOW:
                     moved = True  # events were lost: trust nothing kept
                     continue
-                for fd in self._watches.get(wd, ()):
+                fds = self._watches.get(wd)
+                if fds is None:
+                    continue  # a watch forgotten already (its IN_IGNORED after rm)
+                for fd in fds:
                     self._perms.pop(fd, None)
                     self._dir_acls.pop(fd, None)
                 if mask & _MOVED:

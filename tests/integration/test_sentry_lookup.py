@@ -82,7 +82,7 @@ def tree(tmp_path: Path) -> Iterator[tuple[Path, Lookup, bool]]:
     except OSError:
         acl = False  # no ACLs on this file system: the cases below then prove less
     fd = os.open(root, os.O_PATH | os.O_DIRECTORY)
-    lookup = Lookup(fd, normalize_mounts(KERNEL_MOUNTS))
+    lookup = Lookup(fd, normalize_mounts(KERNEL_MOUNTS), watch_after=0)
     try:
         yield root, lookup, acl
     finally:
@@ -226,7 +226,7 @@ def test_a_user_namespace_grants_capabilities_on_mapped_inodes_only(tmp_path: Pa
     os.chown(root / "mapped", 100000, 100000)
     os.chown(root / "unmapped", 5, 5)
     fd = os.open(root, os.O_PATH | os.O_DIRECTORY)
-    lookup = Lookup(fd, frozenset(), lambda uid, gid: uid >= 100000 and gid >= 100000)
+    lookup = Lookup(fd, frozenset(), lambda uid, gid: uid >= 100000 and gid >= 100000, 0)
     try:
         container_root = Who(100000, 100000, (), True)
         assert lookup.stat(b"/mapped/file", True, container_root)
@@ -272,3 +272,27 @@ def test_a_directory_moved_behind_the_caches_back_is_noticed(
     (root / "dir/sub/file").write_text("a new file\n")
     now = lookup.stat(b"/dir/sub/file", True, USER).st_ino
     assert now != before and now == os.stat(root / "dir/sub/file").st_ino
+
+
+def test_no_watch_before_enough_walks(tmp_path: Path) -> None:
+    """A short-lived container never makes an inotify instance (its teardown
+    at the sentry's exit costs an SRCU grace period); modes are read each time."""
+    root = tmp_path / "rootfs"
+    build(root)
+    fd = os.open(root, os.O_PATH | os.O_DIRECTORY)
+    lookup = Lookup(fd, normalize_mounts(KERNEL_MOUNTS), watch_after=3)
+    try:
+        for _ in range(3):
+            lookup.stat(b"/dir/sub/file", True, USER)
+            assert not lookup._perms and lookup._notify == -1
+        lookup.stat(b"/dir/sub/file", True, USER)
+        assert lookup._perms and lookup._notify >= 0
+        before = set(lookup._watches)
+        lookup.invalidate()  # watches go one by one; the instance stays
+        assert lookup._notify >= 0 and not lookup._watches and before
+        os.chmod(root / "dir/sub", 0o700)
+        with pytest.raises(PermissionError):  # the IN_IGNORED of the old watches is no harm
+            lookup.stat(b"/dir/sub/file", True, USER)
+    finally:
+        lookup.close()
+        os.close(fd)
