@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -229,6 +230,44 @@ def test_a_relative_path_follows_the_working_directory(
     assert res.stdout.split() == ["hi", "f"], time.monotonic() - start
 
 
+def _same_as_runc(
+    runtime: Runner,
+    busybox_rootfs: Path,
+    tmp_path: Path,
+    probe: str,
+    caps: Callable[[list[str]], list[str]],
+) -> str:
+    """Build PROBES/``probe``.c, run it as the process of a busybox container
+    under pysandbox and under runc, with the capabilities ``caps`` makes of the
+    default ones, and assert both print the same; returns the output."""
+    exe = tmp_path / f"{probe}-probe"
+    res = subprocess.run(
+        ["gcc", "-static", "-O1", "-Wall", "-pthread", "-o", str(exe), str(PROBES / f"{probe}.c")],
+        capture_output=True,
+        text=True,
+    )
+    assert res.returncode == 0, res.stderr
+    outputs = []
+    for name in ("ours", "theirs"):
+        b = _bundle(tmp_path, busybox_rootfs, name, f"/{exe.name}")
+        for kind in ("bounding", "effective", "permitted"):
+            b.config["process"]["capabilities"][kind] = caps(
+                b.config["process"]["capabilities"][kind]
+            )
+        b.write()
+        shutil.copy(exe, b.rootfs / exe.name)
+        if name == "ours":
+            got = runtime("run", "--bundle", str(b.path), exe.name)
+        else:
+            got = _runc(tmp_path, b, f"{exe.name}-runc")
+        assert got.returncode == 0, got.stderr
+        outputs.append(got.stdout)
+    ours, theirs = outputs
+    pairs = zip(ours.splitlines(), theirs.splitlines(), strict=False)
+    assert ours == theirs, "\n".join(f"{a!r} != {b!r}" for a, b in pairs if a != b)
+    return ours
+
+
 def test_changed_credentials_are_judged_as_changed(
     runtime: Runner, busybox_rootfs: Path, tmp_path: Path
 ) -> None:
@@ -237,30 +276,8 @@ def test_changed_credentials_are_judged_as_changed(
     # lookup it serves itself and every gofer request must use the new ones.
     # It keeps directory modes too (syscalls/lookup.py): a mode changed through
     # an fd by another process must count at the next lookup.
-    exe = tmp_path / "creds-probe"
-    res = subprocess.run(
-        ["gcc", "-static", "-O1", "-Wall", "-pthread", "-o", str(exe), str(PROBES / "creds.c")],
-        capture_output=True,
-        text=True,
-    )
-    assert res.returncode == 0, res.stderr
     caps = ["CAP_SETUID", "CAP_SETGID", "CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_CHOWN"]
-    outputs = []
-    for name in ("ours", "theirs"):
-        b = _bundle(tmp_path, busybox_rootfs, name, "/creds-probe")
-        for kind in ("bounding", "effective", "permitted"):
-            b.config["process"]["capabilities"][kind] = caps
-        b.write()
-        shutil.copy(exe, b.rootfs / "creds-probe")
-        if name == "ours":
-            got = runtime("run", "--bundle", str(b.path), "creds-probe")
-        else:
-            got = _runc(tmp_path, b, "creds-probe-runc")
-        assert got.returncode == 0, got.stderr
-        outputs.append(got.stdout)
-    ours, theirs = outputs
-    pairs = zip(ours.splitlines(), theirs.splitlines(), strict=False)
-    assert ours == theirs, "\n".join(f"{a!r} != {b!r}" for a, b in pairs if a != b)
+    ours = _same_as_runc(runtime, busybox_rootfs, tmp_path, "creds", lambda _default: caps)
     # the probe proves something only if the identities were really judged apart
     assert "thread as 1000 stat /locked/f = -1 EACCES" in ours
     assert "main after the thread stat /locked/f = 0" in ours
@@ -277,27 +294,7 @@ def test_a_chrooted_caller_gets_its_roots_paths(
     # are the new root's (the gofer serves it as a root of its own: ROOT), and
     # relative paths follow the working directory inside it. Before, an
     # absolute symlink in the new root led back to the container's root.
-    exe = tmp_path / "chroot-probe"
-    res = subprocess.run(
-        ["gcc", "-static", "-O1", "-Wall", "-o", str(exe), str(PROBES / "chroot.c")],
-        capture_output=True,
-        text=True,
+    ours = _same_as_runc(
+        runtime, busybox_rootfs, tmp_path, "chroot", lambda default: [*default, "CAP_SYS_CHROOT"]
     )
-    assert res.returncode == 0, res.stderr
-    outputs = []
-    for name in ("ours", "theirs"):
-        b = _bundle(tmp_path, busybox_rootfs, name, "/chroot-probe")
-        for kind in ("bounding", "effective", "permitted"):
-            b.config["process"]["capabilities"][kind].append("CAP_SYS_CHROOT")
-        b.write()
-        shutil.copy(exe, b.rootfs / "chroot-probe")
-        if name == "ours":
-            got = runtime("run", "--bundle", str(b.path), "chroot-probe")
-        else:
-            got = _runc(tmp_path, b, "chroot-probe-runc")
-        assert got.returncode == 0, got.stderr
-        outputs.append(got.stdout)
-    ours, theirs = outputs
-    pairs = zip(ours.splitlines(), theirs.splitlines(), strict=False)
-    assert ours == theirs, "\n".join(f"{a!r} != {b!r}" for a, b in pairs if a != b)
     assert "read /abs inside" in ours and "read /abs-out ENOENT" in ours
