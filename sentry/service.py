@@ -269,6 +269,14 @@ def _main(
     control = control_c
     os.setsid()  # out of the caller's process group and terminal
     k.set_name("sentry")  # what ps and top on the host show
+    # The sentry keeps fds per task and per directory (syscalls/creds.py,
+    # syscalls/lookup.py): all the hard limit allows, since an EMFILE of its own
+    # would become some workload call's answer.
+    import resource
+
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     # Signals a `kill --all` (or a terminal) may send to the container's
     # cgroup are meant for the workload; the sentry must survive them (SIGKILL
     # still ends it, as delete needs).

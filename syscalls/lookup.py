@@ -70,6 +70,7 @@ from __future__ import annotations
 
 import errno
 import os
+import resource
 import struct
 from collections.abc import Callable
 
@@ -145,6 +146,9 @@ class Lookup:
     ) -> None:
         self.root = root
         self.watch_after = watch_after  # walks before the first watch
+        # Directory fds at most: a quarter of what the fd limit leaves room for,
+        # so the cache never makes the sentry's other opens fail with EMFILE.
+        self.dirs_max = min(_DIRS_MAX, _fd_limit() // 4)
         self.mounts = mounts
         self.mapped = mapped
         self._dirs: dict[bytes, int] = {}  # canonical path of a directory -> O_PATH fd
@@ -240,7 +244,7 @@ class Lookup:
         next :meth:`invalidate`. Raises the errno the kernel's walk would
         give, KernelPath, or NotJudged."""
         self._walks += 1
-        if len(self._dirs) >= _DIRS_MAX:
+        if len(self._dirs) >= self.dirs_max:
             self.invalidate()
         elif self._notify >= 0:
             self._read_events()
@@ -402,6 +406,10 @@ class Lookup:
             self._acls.clear()
         self._acls[key] = (st.st_ctime_ns, has)
         return has
+
+
+def _fd_limit() -> int:
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
 def _at(dirfd: int, name: bytes) -> int | str:

@@ -298,3 +298,28 @@ def test_a_chrooted_caller_gets_its_roots_paths(
         runtime, busybox_rootfs, tmp_path, "chroot", lambda default: [*default, "CAP_SYS_CHROOT"]
     )
     assert "read /abs inside" in ours and "read /abs-out ENOENT" in ours
+
+
+def test_many_directories_under_a_low_fd_limit(
+    runtime: Runner, bundle: Bundle, cid: str, tmp_path: Path
+) -> None:
+    # The sentry keeps an fd per cached directory and per task; started with
+    # a soft RLIMIT_NOFILE of 200 it raises its own to the hard limit and keeps
+    # its cache within a quarter of it: no workload call may get the sentry's
+    # EMFILE. 300 directories, each looked up twice ([ -d ] is a builtin).
+    bundle.config["root"]["readonly"] = False
+    bundle.args(
+        "sh",
+        "-c",
+        "mkdir /many && cd /many && mkdir $(seq 300) && for r in 1 2; do "
+        "for i in $(seq 300); do [ -d /many/$i/. ] || echo lost $i; done; done && echo done",
+    )
+    bundle.write()
+    res = subprocess.run(
+        ["prlimit", "--nofile=200:20000", *runtime.cmd("run", "--bundle", str(bundle.path), cid)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split() == ["done"], res.stdout[-500:]
