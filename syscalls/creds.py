@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import errno
 import os
+import resource
 import signal
 from typing import NamedTuple
 
@@ -48,6 +49,7 @@ __all__ = [
     "CredCache",
     "Creds",
     "StatusFiles",
+    "fd_limit",
     "parse_status",
     "read_creds",
 ]
@@ -113,6 +115,7 @@ class StatusFiles:
 
     def __init__(self) -> None:
         self.fds: dict[int, int] = {}
+        self.limit = min(self.LIMIT, fd_limit() // 4)  # never the sentry's EMFILE
 
     def read(self, tid: int) -> bytes:
         """The text of the task's status file; OSError(ESRCH) when it is gone."""
@@ -124,7 +127,7 @@ class StatusFiles:
                 pass  # that task is gone; the tid may name a new one
             del self.fds[tid]
             os.close(fd)
-        if len(self.fds) >= self.LIMIT:
+        if len(self.fds) >= self.limit:
             self.close()
         try:
             fd = os.open(f"/proc/{tid}/status", os.O_RDONLY | os.O_CLOEXEC)
@@ -147,6 +150,11 @@ class StatusFiles:
         self.fds.clear()
 
 
+def fd_limit() -> int:
+    """The process's soft RLIMIT_NOFILE: the sentry's caches of fds stay well below it."""
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
 def _one_thread_or_not_leader(tid: int, data: bytes) -> bool:
     """Whether a pidfd of ``tid`` keeps naming this task: it is not its
     process's leader, or its process has no other thread that could execve."""
@@ -163,6 +171,7 @@ class CredCache:
         self.status = status if status is not None else StatusFiles()
         self.entries: dict[int, tuple[Creds, int]] = {}
         self.enabled = True  # False: every call reads the status file
+        self.limit = min(self.LIMIT, fd_limit() // 4)
 
     def get(self, tid: int) -> Creds:
         """The task's credentials (its umask may be stale: see :meth:`fresh`);
@@ -206,7 +215,7 @@ class CredCache:
 
     def _keep(self, tid: int, creds: Creds, pidfd: int) -> None:
         self.forget(tid)
-        if len(self.entries) >= self.LIMIT:
+        if len(self.entries) >= self.limit:
             self.forget_all()
         self.entries[tid] = (creds, pidfd)
 

@@ -70,12 +70,13 @@ from __future__ import annotations
 
 import errno
 import os
-import resource
 import struct
 from collections.abc import Callable
 
 from pysandbox.gofer.client import KernelPath
 from pysandbox.oci import kernel
+
+from .creds import fd_limit
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -148,7 +149,7 @@ class Lookup:
         self.watch_after = watch_after  # walks before the first watch
         # Directory fds at most: a quarter of what the fd limit leaves room for,
         # so the cache never makes the sentry's other opens fail with EMFILE.
-        self.dirs_max = min(_DIRS_MAX, _fd_limit() // 4)
+        self.dirs_max = min(_DIRS_MAX, fd_limit() // 4)
         self.mounts = mounts
         self.mapped = mapped
         self._dirs: dict[bytes, int] = {}  # canonical path of a directory -> O_PATH fd
@@ -406,10 +407,6 @@ class Lookup:
             self._acls.clear()
         self._acls[key] = (st.st_ctime_ns, has)
         return has
-
-
-def _fd_limit() -> int:
-    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
 def _at(dirfd: int, name: bytes) -> int | str:
