@@ -56,6 +56,14 @@ calls that go through it (chmod, chown, utimensat, truncate, the xattr
 calls, connect, linkat) each check the caller's permission on the object
 themselves. Every fd the gofer returns was opened by path, as the caller.
 
+Two operations take more than a path. LINKFD links the fd that came with
+the request (SCM_RIGHTS: an O_TMPFILE file the workload holds) through this
+process's /proc/self/fd, as open(2) documents; it is the only request that
+brings an fd, and any other received fd is closed unread. ROOT makes a
+directory of mount 0 a root of its own, numbered like a mount source, for a
+workload process that chroot()ed: its requests then resolve with
+RESOLVE_IN_ROOT in that directory, so ``..`` and absolute symlinks stay in it.
+
 Opening a FIFO never blocks the gofer's only thread: a reader with no writer
 gets its fd at once, a writer with no reader ENXIO. Waiting for the other
 end, as open(2) on a FIFO does, is the sentry's job.
