@@ -323,3 +323,25 @@ def test_many_directories_under_a_low_fd_limit(
     )
     assert res.returncode == 0, res.stderr
     assert res.stdout.split() == ["done"], res.stdout[-500:]
+
+
+def test_an_installed_fd_leaves_the_callers_cpus_as_they_were(
+    runtime: Runner, bundle: Bundle, cid: str
+) -> None:
+    # The sentry allows a caller only its own CPU for the moment of NOTIF_ADDFD
+    # (sentry/loop.py _addfd_here) and must give the mask back: after many
+    # opens, by a process and by a thread, nproc (sched_getaffinity) still
+    # counts every CPU the container may use.
+    if os.cpu_count() == 1:
+        pytest.skip("one CPU: a pinned and an unpinned caller look the same")
+    bundle.config["root"]["readonly"] = False
+    bundle.args(
+        "sh",
+        "-c",
+        "for i in 1 2 3 4 5 6 7 8; do cat /etc/passwd /etc/group >/dev/null; done; nproc; "
+        "for i in 1 2 3; do read x < /etc/passwd; done; nproc",
+    )
+    bundle.write()
+    res = runtime("run", "--bundle", str(bundle.path), cid)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split() == [str(os.cpu_count())] * 2, res.stdout
