@@ -97,8 +97,9 @@ __all__ = [
 #   drop it from the bounding set; the report lists it as missing then).
 # * CAP_SYS_NICE: sched_setaffinity of the gofer onto the sentry's CPU
 #   (syscalls/files.py): the gofer holds capabilities the sentry does not,
-#   and the kernel then asks for CAP_SYS_NICE. The allowlist permits no other
-#   scheduling call.
+#   and the kernel then asks for CAP_SYS_NICE; and of a caller of another uid,
+#   allowed only the sentry's CPU for the moment of NOTIF_ADDFD (sentry/loop.py
+#   _addfd_here). The allowlist permits no other scheduling call.
 # Not needed: CAP_SYS_ADMIN (the seccomp notify ioctls check nothing but the
 # fd), CAP_DAC_OVERRIDE, CAP_SETPCAP (only to shrink the bounding set, which
 # happens here before it is dropped).
@@ -182,7 +183,10 @@ ALLOWED: Final[dict[str, str]] = {
     "sched_yield": "glibc spin-then-yield locks",
     "sched_getaffinity": "os.cpu_count / sysconf(_SC_NPROCESSORS_ONLN)",
     "pread64": "/proc/TID/status, kept open per task (syscalls/files.py)",
-    "sched_setaffinity": "the gofer follows the sentry's CPU (a cross-CPU wake-up is ~50 us here)",
+    "sched_setaffinity": (
+        "the gofer follows the sentry's CPU, a caller stays on it for ADDFD"
+        " (a cross-CPU wake-up is ~50 us here)"
+    ),
     "getpid": "os.getpid, pid checks",
     "gettid": "threading, logging",
     "getppid": "os.getppid",
