@@ -59,8 +59,8 @@ from .execcheck import (
     check_access,
     check_exec_chain,
 )
-from .files import FileHandlers
-from .lookup import NotJudged, Who
+from .files import FileHandlers, fd_cloexec
+from .lookup import NotJudged, Who, acl_at
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -71,8 +71,6 @@ __all__ = ["ExecHandlers"]
 _Closer = Callable[[], None]
 
 _HEADS_MAX: Final = 256  # files whose first bytes are kept
-_ACL_ACCESS: Final = "system.posix_acl_access"
-_NO_ACL: Final = (errno.ENODATA, errno.EOPNOTSUPP)
 # The gofer reads a program with its own rights: exec needs no read permission.
 _READER: Final = Credentials(0, 0, (), (1 << k.CAP_DAC_OVERRIDE) | (1 << k.CAP_DAC_READ_SEARCH))
 
@@ -134,7 +132,7 @@ class ExecHandlers:
         creds = files.creds.get(call.pid)
         call.verify()
         cred = ExecCred(creds.fsuid, creds.fsgid, creds.groups, creds.cap_effective)
-        who = Who(creds.fsuid, creds.fsgid, creds.groups, _overrides(creds))
+        who = files.who(creds)
         inaccessible = dirfd != k.AT_FDCWD and path[0] != 0x2F and _cloexec(call.pid, s32(dirfd))
         try:
             found = self._facts(where, not flags & k.AT_SYMLINK_NOFOLLOW, who, creds, cred)
@@ -180,7 +178,7 @@ class ExecHandlers:
         facts = ExecFacts(st.st_mode, st.st_uid, st.st_gid, st.st_size, b"", False)
         err = check_access(facts, cred)
         if err:
-            if err == errno.EACCES and stat.S_ISREG(st.st_mode) and _has_acl(dirfd, name):
+            if err == errno.EACCES and stat.S_ISREG(st.st_mode) and acl_at(dirfd, name):
                 raise _LeaveItToTheKernel  # the ACL may grant what the mode does not
             return Refused(err, "opening for exec")
         key = (st.st_dev, st.st_ino, st.st_ctime_ns, st.st_size)
@@ -211,28 +209,10 @@ def _nothing() -> None:
     pass
 
 
-def _overrides(creds: Creds) -> bool:
-    return bool(creds.cap_effective & ((1 << k.CAP_DAC_READ_SEARCH) | (1 << k.CAP_DAC_OVERRIDE)))
-
-
-def _has_acl(dirfd: int, name: bytes) -> bool:
-    target = f"/proc/self/fd/{dirfd}"
-    if name:
-        target += "/" + os.fsdecode(name)
-    try:
-        os.getxattr(target, _ACL_ACCESS)  # a regular file: nothing to follow
-        return True
-    except OSError as e:
-        return e.errno not in _NO_ACL
-
-
 def _cloexec(pid: int, fd: int) -> bool:
-    """Whether the caller's ``fd`` is close-on-exec (execveat's script rule)."""
+    """Whether the caller's ``fd`` is close-on-exec (execveat's script rule);
+    an fd it no longer has is not (the kernel then answers EBADF itself)."""
     try:
-        with open(f"/proc/{pid}/fdinfo/{fd}", "rb") as f:
-            for line in f:
-                if line.startswith(b"flags:"):
-                    return bool(int(line.split()[1], 8) & os.O_CLOEXEC)
+        return fd_cloexec(pid, fd)
     except OSError:
-        pass
-    return False
+        return False

@@ -75,6 +75,7 @@ __all__ = [
     "FileHandlers",
     "IdMap",
     "StatusFiles",
+    "fd_cloexec",
     "pack_stat",
     "pack_statfs",
     "parse_status",
@@ -130,18 +131,20 @@ class IdMap:
 
     def maps(self, hid: int) -> bool:
         """Whether host id ``hid`` has a container id."""
-        if not self.ranges:
-            return True
-        return any(outside <= hid < outside + count for _i, outside, count in self.ranges)
+        return self._inside(hid) is not None
 
     def to_container(self, hid: int) -> int:
         """The container id of host id ``hid`` (the overflow id when it is not mapped)."""
+        cid = self._inside(hid)
+        return _OVERFLOW_ID if cid is None else cid
+
+    def _inside(self, hid: int) -> int | None:
         if not self.ranges:
             return hid
         for inside, outside, count in self.ranges:
             if outside <= hid < outside + count:
                 return inside + hid - outside
-        return _OVERFLOW_ID
+        return None
 
 
 def _mount_id(raw_statx: bytes) -> int:
@@ -213,6 +216,23 @@ def pack_statfs(s: StatFS) -> bytes:
         s.frsize,
         s.flags,
     )
+
+
+def fd_cloexec(tid: int, fd: int) -> bool:
+    """Whether task ``tid``'s ``fd`` is close-on-exec (the O_CLOEXEC bit of
+    /proc/TID/fdinfo/FD's flags); EBADF if it has no such fd (any more)."""
+    try:
+        info = os.open(f"/proc/{tid}/fdinfo/{fd}", os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise OSError(errno.EBADF, "no such fd") from None
+    try:
+        data = os.read(info, 4096)
+    finally:
+        os.close(info)
+    for line in data.splitlines():
+        if line.startswith(b"flags:"):
+            return bool(int(line.split()[1], 8) & os.O_CLOEXEC)
+    return False
 
 
 def _own_fd_link(path: bytes) -> int | None:
@@ -559,7 +579,8 @@ class FileHandlers:
         call.verify()
         return creds
 
-    def _who(self, creds: Creds) -> Who:
+    def who(self, creds: Creds) -> Who:
+        """What search permission depends on, for ``creds`` (kept per credentials)."""
         who = self._who_of.get(creds)
         if who is None:
             overrides = bool(creds.cap_effective & self._overrides_mask)
@@ -683,7 +704,7 @@ class FileHandlers:
         lookup = self._current_lookup()
         if lookup is not None:
             try:
-                ost = lookup.stat(path, follow, self._who(creds))
+                ost = lookup.stat(path, follow, self.who(creds))
             except NotJudged:
                 pass
             else:
@@ -717,7 +738,7 @@ class FileHandlers:
         lookup = self._current_lookup()
         if lookup is not None:
             try:
-                dirfd, name, _ = lookup.locate(path, follow, self._who(creds))
+                dirfd, name, _ = lookup.locate(path, follow, self.who(creds))
             except NotJudged:
                 pass
             else:
@@ -780,7 +801,7 @@ class FileHandlers:
         try:
             if lookup is None:
                 raise NotJudged(path)
-            target = lookup.readlink(path, self._who(creds))
+            target = lookup.readlink(path, self.who(creds))
         except NotJudged:
             target = self._g.readlink(path, cred=self._cred(creds))
         target = target[:size]
@@ -858,7 +879,7 @@ class FileHandlers:
         lookup = self._current_lookup()
         if lookup is not None:
             with contextlib.suppress(NotJudged):
-                lookup.locate(path, follow, self._who(creds))
+                lookup.locate(path, follow, self.who(creds))
 
     def _across_mounts(self, old: bytes, new: bytes) -> Result | None:
         """rename and link never cross mounts: both in the kernel's mounts is the

@@ -82,7 +82,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Final
 
-__all__ = ["MAXSYMLINKS", "Lookup", "NotJudged", "Who"]
+__all__ = ["MAXSYMLINKS", "Lookup", "NotJudged", "Who", "acl_at"]
 
 MAXSYMLINKS: Final = 40  # the kernel's limit on the symlinks one lookup follows
 _DIRS_MAX: Final = 4096  # cached directory fds at most; then all are closed
@@ -407,6 +407,12 @@ class Lookup:
             self._acls.clear()
         self._acls[key] = (st.st_ctime_ns, has)
         return has
+
+
+def acl_at(dirfd: int, name: bytes) -> bool:
+    """Whether ``name`` in the directory ``dirfd`` (the directory itself if
+    empty) has a POSIX ACL; the name's symlink is not followed."""
+    return _acl_of(_at(dirfd, name))
 
 
 def _at(dirfd: int, name: bytes) -> int | str:

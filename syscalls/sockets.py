@@ -104,7 +104,7 @@ from pysandbox.oci import kernel as k
 from pysandbox.sentry.loop import CONTINUE, Call, Errno, Handler, NotificationGone, Result
 
 from .args import s32
-from .files import FileHandlers
+from .files import FileHandlers, fd_cloexec
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -236,7 +236,7 @@ class UnixBindHandlers:
         which closes what was there); _Gone if the caller no longer waits."""
         os.set_blocking(new, os.get_blocking(old.fileno()))
         _copy_options(old, new)
-        cloexec = _cloexec(call.pid, fd)
+        cloexec = fd_cloexec(call.pid, fd)
         try:
             call.listener.addfd(call.id, new, cloexec, newfd=fd)
         except OSError as e:
@@ -283,20 +283,3 @@ def _copy_options(old: _socket.socket, new: int) -> None:
                     put(_SOL_SOCKET, opt, raw)
     finally:
         sock.detach()
-
-
-def _cloexec(tid: int, fd: int) -> bool:
-    """Whether the caller's ``fd`` is close-on-exec (/proc/TID/fdinfo/FD's
-    flags carry O_CLOEXEC for it); EBADF if the fd is gone meanwhile."""
-    try:
-        info = os.open(f"/proc/{tid}/fdinfo/{fd}", os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        raise OSError(errno.EBADF, "the fd was closed meanwhile") from None
-    try:
-        data = os.read(info, 4096)
-    finally:
-        os.close(info)
-    for line in data.splitlines():
-        if line.startswith(b"flags:"):
-            return bool(int(line.split()[1], 8) & os.O_CLOEXEC)
-    return False
