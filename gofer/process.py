@@ -44,10 +44,10 @@ import errno
 import os
 import stat
 import time
-from typing import NamedTuple
 
 from pysandbox.oci import kernel
 from pysandbox.oci.kernel import CAP_SETGID, CAP_SETUID
+from pysandbox.oci.records import NamedTuple
 from pysandbox.sentry.confine import DEFAULT_ACTION, drop_capabilities, pivot_into
 
 from .client import GoferClient

@@ -112,9 +112,9 @@ from __future__ import annotations
 
 import os
 import struct
-from typing import NamedTuple
 
 from pysandbox.oci import kernel
+from pysandbox.oci.records import NamedTuple
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

@@ -7,6 +7,7 @@ functions that raise OSError with the kernel's errno, like the os module does.
 
 from __future__ import annotations
 
+import _signal as _csignal  # type: ignore[import-not-found]  # signal's C core: no enums
 import ctypes
 import errno
 import os
@@ -305,7 +306,9 @@ def capget(pid: int = 0) -> tuple[int, int, int]:
 
 
 def pidfd_send_signal(pidfd: int, sig: int) -> None:
-    _check(_syscall(SYS_PIDFD_SEND_SIGNAL, ctypes.c_int(pidfd), ctypes.c_int(sig), None, 0))
+    """pidfd_send_signal(2) without siginfo or flags; OSError as the kernel says.
+    The C core of `signal` (no enum import; no ctypes call on the sentry's hot path)."""
+    _csignal.pidfd_send_signal(pidfd, sig)
 
 
 def close_range(first: int, last: int = 0xFFFFFFFF, flags: int = 0) -> None:
@@ -429,32 +432,24 @@ SIG_IGN: Final = 1
 
 def set_signal_handler(signum: int, handler: Callable[[int, object], None] | None) -> None:
     """Install a Python handler, or the default disposition for None."""
-    import _signal  # type: ignore[import-not-found]  # the enum-free core of `signal`
-
-    _signal.signal(signum, _signal.SIG_DFL if handler is None else handler)
+    _csignal.signal(signum, _csignal.SIG_DFL if handler is None else handler)
 
 
 def ignore_signal(signum: int) -> None:
     """SIG_IGN for ``signum`` (main thread only, as for every Python disposition)."""
-    import _signal
-
-    _signal.signal(signum, _signal.SIG_IGN)
+    _csignal.signal(signum, _csignal.SIG_IGN)
 
 
 def get_signal_handler(signum: int) -> object:
     """The Python-level disposition: a callable, SIG_DFL, SIG_IGN, or None when
     the handler was installed outside Python."""
-    import _signal
-
-    handler: object = _signal.getsignal(signum)
+    handler: object = _csignal.getsignal(signum)
     return handler
 
 
 def pthread_kill(thread_id: int, signum: int) -> None:
     """Send ``signum`` to one thread of this process (its threading ident)."""
-    import _signal
-
-    _signal.pthread_kill(thread_id, signum)
+    _csignal.pthread_kill(thread_id, signum)
 
 
 # --- bpf (cgroup v2 device filter) ---------------------------------------------

@@ -256,13 +256,9 @@ class Runtime:
         console_sock: socket.socket | None = None
         ours: socket.socket | None = None
         sentry_sock: _socket.socket | None = None
-        warm_gofer: Any = None
         try:
             if policy is not None:
                 sentry_sock = self._start_sentry(state_dir, rec, spec, policy, cgroup)
-                # The gofer's modules (~8 ms of imports) load while init builds
-                # its root: create's own thread mostly waits on init meanwhile.
-                warm_gofer = _import_in_background("pysandbox.gofer.process")
             if spec.process.terminal:
                 if opts.console_socket:
                     from pysandbox.oci.console import connect_console_socket
@@ -334,7 +330,12 @@ class Runtime:
 
             try:
                 launched = launch(
-                    plan, on_pid=on_pid, on_hooks=on_hooks, prepare_cgroup=prepare_cgroup
+                    plan,
+                    on_pid=on_pid,
+                    on_hooks=on_hooks,
+                    prepare_cgroup=prepare_cgroup,
+                    # the gofer's modules (~5 ms) load while init builds its root
+                    while_init_builds=_import_gofer if rootfs is not None and policy else None,
                 )
             finally:
                 stop_priming()
@@ -345,7 +346,6 @@ class Runtime:
 
                 send_init_pid(sentry_sock, launched.pid)
                 if rootfs is not None:
-                    warm_gofer.join()
                     self._start_gofer(
                         state_dir, rec, launched.pid, sentry_sock, readonly=spec.root.readonly
                     )
@@ -387,7 +387,7 @@ class Runtime:
         else:  # the host's UTS namespace: the host's names
             hostname, domainname = os.uname().nodename, "(none)"
         personality = spec.linux.personality.domain if spec.linux.personality else ""
-        from pysandbox.syscalls.procfs import resource_files
+        from pysandbox.oci.cgroups import limit_files
 
         dirs, roots = _limit_dirs(cgroup)
         mnt_ns = spec.linux.namespace("mount")
@@ -399,7 +399,7 @@ class Runtime:
             cgroup_dir=cgroup.main_dir(),
             strace=self.strace,
             debug_log=service.debug_log_path(self.debug_log, rec.id, state_dir),
-            resource_files=tuple(sorted(resource_files(cgroup.mode, dirs).items())),
+            resource_files=tuple(sorted(limit_files(cgroup.mode, dirs).items())),
             cgroup_roots=roots,
             masked_paths=tuple(spec.linux.masked_paths),
             # Only a container with a mount namespace of its own gets a gofer
@@ -924,14 +924,12 @@ def kill_sentry(rec: ContainerRecord, state_dir: str, timeout: float = 5.0) -> N
             os.close(fd)
 
 
-def _import_in_background(module: str) -> Any:
-    """A started thread importing ``module``; join it before using the module."""
-    import importlib
-    import threading
-
-    t = threading.Thread(target=importlib.import_module, args=(module,), name="import")
-    t.start()
-    return t
+def _import_gofer() -> None:
+    """Import the gofer's modules (create forks it from this process once init
+    has built its root). Called while init builds, on create's own thread: a
+    thread importing beside it would hold the GIL for its 5 ms switch
+    intervals while create has work to do."""
+    import pysandbox.gofer.process  # noqa: F401
 
 
 def _mount_points(pid: int) -> list[str]:

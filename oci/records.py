@@ -117,3 +117,50 @@ def as_dict(obj: Any) -> dict[str, Any]:
 
     result: dict[str, Any] = conv(obj)
     return result
+
+
+# --- typing.NamedTuple without typing ---------------------------------------------
+# The sentry, the gofer and create each paid ~4-7 ms of CPU for ``import typing``
+# (it pulls in re and enum) only to define a few named tuples, and a container's
+# start runs them side by side on two CPUs. The classes built here are
+# collections.namedtuple classes, as typing.NamedTuple's are, with the body's
+# methods, properties and docstring copied on; mypy reads typing's.
+
+_NOT_COPIED = frozenset(
+    {"__module__", "__qualname__", "__annotations__", "__dict__", "__weakref__", "__slots__"}
+)
+
+
+class _NamedTupleMeta(type):
+    def __new__(
+        mcls, name: str, bases: tuple[type, ...], ns: dict[str, Any]
+    ) -> Any:  # a namedtuple class, not one of ours
+        from collections import namedtuple
+
+        if "__classcell__" in ns:
+            # typing refuses super() and __class__ in a NamedTuple body too
+            raise TypeError(f"{name}: no super() or __class__ in a named tuple's methods")
+        fields = [f for f in ns.get("__annotations__", {}) if not f.startswith("__")]
+        defaults = []
+        for f in fields:
+            if f in ns:
+                defaults.append(ns[f])
+            elif defaults:
+                raise TypeError(f"{name}: non-default field {f!r} after a default one")
+        cls = namedtuple(name, fields, defaults=defaults, module=ns.get("__module__"))  # type: ignore[misc]
+        for key, value in ns.items():
+            if key not in _NOT_COPIED and key not in fields:
+                setattr(cls, key, value)
+        cls.__qualname__ = ns.get("__qualname__", name)
+        return cls
+
+
+if TYPE_CHECKING:
+    from typing import NamedTuple as NamedTuple
+else:
+    import os as _os
+
+    if _os.environ.get("TLY") == "1":
+        from typing import NamedTuple
+    else:
+        NamedTuple = type.__new__(_NamedTupleMeta, "NamedTuple", (), {})

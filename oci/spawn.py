@@ -86,6 +86,7 @@ def launch(
     on_pid: Callable[[int], None] | None = None,
     on_hooks: Callable[[int], bytes] | None = None,
     prepare_cgroup: Callable[[], None] | None = None,
+    while_init_builds: Callable[[], None] | None = None,
 ) -> Launched:
     """Fork the two stages; return once stage 2 is ready (and waiting for ack).
 
@@ -133,6 +134,8 @@ def launch(
             prepare_cgroup()
         if plan.cgroup is not None and late_cgroup:
             plan.cgroup.add_process(init_pid)
+        if while_init_builds is not None:
+            while_init_builds()
         if plan.spec is not None:
             sync.expect(parent, "hooks")
             state = on_hooks(init_pid) if on_hooks is not None else b"{}"

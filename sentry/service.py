@@ -91,7 +91,7 @@ class SentryOptions:
     debug_log: str
     # --strace: one line per served call to the debug log
     strace: bool = False
-    # the container's limits: {what: cgroup file} (syscalls/procfs.resource_files)
+    # the container's limits: {what: cgroup file} (oci/cgroups.limit_files)
     resource_files: tuple[tuple[str, str], ...] = ()
     # cgroup hierarchies the confined sentry may read (the limits' files are
     # made after the sentry confines itself)

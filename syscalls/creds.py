@@ -34,10 +34,9 @@ from __future__ import annotations
 import errno
 import os
 import resource
-import signal
-from typing import NamedTuple
 
-from pysandbox.oci.kernel import PIDFD_THREAD
+from pysandbox.oci.kernel import PIDFD_THREAD, pidfd_send_signal
+from pysandbox.oci.records import NamedTuple
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -180,7 +179,7 @@ class CredCache:
         if entry is not None:
             creds, pidfd = entry
             try:
-                signal.pidfd_send_signal(pidfd, 0)
+                pidfd_send_signal(pidfd, 0)
                 return creds
             except ProcessLookupError:
                 self.forget(tid)  # gone: the tid names another task now, or none

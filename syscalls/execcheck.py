@@ -98,11 +98,12 @@ import stat
 import struct
 from collections.abc import Callable
 from errno import EACCES, EINVAL, EIO, ELIBBAD, ELOOP, ENOENT, ENOEXEC
-from typing import Literal, NamedTuple, TypeAlias
+
+from pysandbox.oci.records import NamedTuple
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Final
+    from typing import Final, Literal, TypeAlias
 
 BINPRM_BUF_SIZE: Final = 256  # include/uapi/linux/binfmts.h: what picks the format
 HEAD_SIZE: Final = 4096  # what the gofer should hand in: ELF header + usual phdrs

@@ -95,7 +95,6 @@ __all__ = [
     "render_mounts",
     "render_stat",
     "render_uptime",
-    "resource_files",
     "root_superblock_readonly",
 ]
 
@@ -109,39 +108,6 @@ _PATH_MAX: Final = 4096
 def _reads_only(flags: int) -> bool:
     """A read-only open with no flag beyond those a virtual file can honour."""
     return flags & os.O_ACCMODE == os.O_RDONLY and not flags & ~_READ_FLAGS & ~os.O_ACCMODE
-
-
-def resource_files(mode: str, dirs: Mapping[str, str]) -> dict[str, str]:
-    """Where a container's limits live: {what: file}, for :class:`ContainerView`.
-
-    ``dirs``: the container's cgroup directory per v1 subsystem (memory, cpu,
-    cpuset), or {"unified": dir} for v2.
-    """
-    out: dict[str, str] = {}
-    if mode == "v2":
-        d = dirs.get("unified")
-        if d:
-            out.update(
-                {
-                    "memory.limit": os.path.join(d, "memory.max"),
-                    "memory.usage": os.path.join(d, "memory.current"),
-                    "swap.limit": os.path.join(d, "memory.swap.max"),
-                    "cpu.max": os.path.join(d, "cpu.max"),
-                    "cpuset": os.path.join(d, "cpuset.cpus.effective"),
-                }
-            )
-        return out
-    if "memory" in dirs:
-        m = dirs["memory"]
-        out["memory.limit"] = os.path.join(m, "memory.limit_in_bytes")
-        out["memory.usage"] = os.path.join(m, "memory.usage_in_bytes")
-        out["memsw.limit"] = os.path.join(m, "memory.memsw.limit_in_bytes")
-    if "cpu" in dirs:
-        out["cpu.quota"] = os.path.join(dirs["cpu"], "cpu.cfs_quota_us")
-        out["cpu.period"] = os.path.join(dirs["cpu"], "cpu.cfs_period_us")
-    if "cpuset" in dirs:
-        out["cpuset"] = os.path.join(dirs["cpuset"], "cpuset.cpus")
-    return out
 
 
 def _read(path: str | None) -> str | None:

@@ -31,6 +31,7 @@ __all__ = [
     "CgroupError",
     "CgroupManager",
     "detect_mode",
+    "limit_files",
     "manager_from_dict",
     "new_manager",
     "resolve_path",
@@ -509,6 +510,40 @@ def manager_from_dict(d: Mapping[str, Any]) -> CgroupManager:
 # --- start-up latency ---------------------------------------------------------------
 
 _priming = {"stop": False, "started": False}
+
+
+def limit_files(mode: str, dirs: Mapping[str, str]) -> dict[str, str]:
+    """Where a container's limits live: {what: file}, for the sentry's ContainerView
+    (syscalls/procfs.py); here so that create names them without importing it.
+
+    ``dirs``: the container's cgroup directory per v1 subsystem (memory, cpu,
+    cpuset), or {"unified": dir} for v2.
+    """
+    out: dict[str, str] = {}
+    if mode == "v2":
+        d = dirs.get("unified")
+        if d:
+            out.update(
+                {
+                    "memory.limit": os.path.join(d, "memory.max"),
+                    "memory.usage": os.path.join(d, "memory.current"),
+                    "swap.limit": os.path.join(d, "memory.swap.max"),
+                    "cpu.max": os.path.join(d, "cpu.max"),
+                    "cpuset": os.path.join(d, "cpuset.cpus.effective"),
+                }
+            )
+        return out
+    if "memory" in dirs:
+        m = dirs["memory"]
+        out["memory.limit"] = os.path.join(m, "memory.limit_in_bytes")
+        out["memory.usage"] = os.path.join(m, "memory.usage_in_bytes")
+        out["memsw.limit"] = os.path.join(m, "memory.memsw.limit_in_bytes")
+    if "cpu" in dirs:
+        out["cpu.quota"] = os.path.join(dirs["cpu"], "cpu.cfs_quota_us")
+        out["cpu.period"] = os.path.join(dirs["cpu"], "cpu.cfs_period_us")
+    if "cpuset" in dirs:
+        out["cpuset"] = os.path.join(dirs["cpuset"], "cpuset.cpus")
+    return out
 
 
 def prime_migration(duration: float = 2.0) -> None:

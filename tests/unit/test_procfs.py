@@ -105,12 +105,14 @@ def test_view_reads_v2_files_and_no_limits(tmp_path: Path) -> None:
     assert unlimited_v1.cpus(2) == 2
 
 
-def test_resource_files_name_the_controllers_files() -> None:
-    v1 = procfs.resource_files("v1", {"memory": "/m/c", "cpu": "/c/c", "cpuset": "/s/c"})
+def test_limit_files_name_the_controllers_files() -> None:
+    from pysandbox.oci.cgroups import limit_files
+
+    v1 = limit_files("v1", {"memory": "/m/c", "cpu": "/c/c", "cpuset": "/s/c"})
     assert v1["memory.limit"] == "/m/c/memory.limit_in_bytes"
     assert v1["cpu.quota"] == "/c/c/cpu.cfs_quota_us"
     assert v1["cpuset"] == "/s/c/cpuset.cpus"
-    v2 = procfs.resource_files("v2", {"unified": "/u/c"})
+    v2 = limit_files("v2", {"unified": "/u/c"})
     assert v2["memory.limit"] == "/u/c/memory.max" and v2["cpu.max"] == "/u/c/cpu.max"
 
 
