@@ -389,6 +389,19 @@ class GoferClient:
         or AT_SYMLINK_FOLLOW of a /proc/self/fd link); ``fd`` stays ours."""
         self._call(p.OP_LINKFD, (), (_b(new),), cred, mount, send_fd=fd)
 
+    def connect_fd(
+        self,
+        sock: int,
+        path: PathArg,
+        *,
+        cred: p.Credentials | None = None,
+        mount: int | None = None,
+    ) -> None:
+        """Connect the AF_UNIX socket ``sock`` (ours stays open; the gofer
+        connects the same socket) to the socket file at ``path``; EAGAIN where
+        a blocking connect would wait (gofer/server.py op_connectfd)."""
+        self._call(p.OP_CONNECTFD, (), (_b(path),), cred, mount, send_fd=sock)
+
     def symlink(
         self,
         target: PathArg,

@@ -168,6 +168,7 @@ OP_CONNECT: Final = 22
 OP_ACCESS: Final = 23
 OP_LINKFD: Final = 24  # the file to link comes as SCM_RIGHTS beside the request
 OP_ROOT: Final = 25  # a directory of mount 0 becomes a root of its own (chroot)
+OP_CONNECTFD: Final = 26  # the caller's socket to connect comes as SCM_RIGHTS
 MAX_ROOTS: Final = 64  # roots a gofer holds at most (the chroot()s a container makes)
 
 # String kinds: a path (or symlink target), an xattr name, an xattr value.
@@ -217,6 +218,7 @@ OPS: Final[dict[int, OpSpec]] = {
     OP_ACCESS: _spec("access", "II", PATH),
     OP_LINKFD: _spec("linkfd", "", PATH),
     OP_ROOT: _spec("root", "", PATH),
+    OP_CONNECTFD: _spec("connectfd", "", PATH),
 }
 
 # Every flag open(2) documents, as the kernel numbers them (Python's

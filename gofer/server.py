@@ -56,10 +56,12 @@ calls that go through it (chmod, chown, utimensat, truncate, the xattr
 calls, connect, linkat) each check the caller's permission on the object
 themselves. Every fd the gofer returns was opened by path, as the caller.
 
-Two operations take more than a path. LINKFD links the fd that came with
+Three operations take more than a path. LINKFD links the fd that came with
 the request (SCM_RIGHTS: an O_TMPFILE file the workload holds) through this
-process's /proc/self/fd, as open(2) documents; it is the only request that
-brings an fd, and any other received fd is closed unread. ROOT makes a
+process's /proc/self/fd, as open(2) documents. CONNECTFD connects the
+AF_UNIX socket that came with the request (the workload's own) to the socket
+file at the path, without ever blocking (below). They are the only requests
+that bring an fd; any other received fd is closed unread. ROOT makes a
 directory of mount 0 a root of its own, numbered like a mount source, for a
 workload process that chroot()ed: its requests then resolve with
 RESOLVE_IN_ROOT in that directory, so ``..`` and absolute symlinks stay in it.
@@ -745,6 +747,36 @@ class Server:
         if self.passed_fd < 0:
             raise _err(errno.EBADF)
         self._link(req, _proc_fd(self.passed_fd), None, req.strings[0])
+        return b"", -1
+
+    def op_connectfd(self, req: p.Request) -> tuple[bytes, int]:
+        """connect(2) of the AF_UNIX socket sent with the request (the workload's
+        own: the same socket, so its options, its name and every descriptor of
+        it stay as they were) to the socket file at the path, as the caller:
+        search permission on the way and write permission on the socket file
+        are the kernel's checks under the caller's fs ids, and the peer's
+        SO_PEERCRED shows the caller's uid and gid.
+
+        It never blocks the gofer's only thread: a blocking socket is made
+        non-blocking for the call (the flag is the open file's, shared with the
+        caller, which is stopped in connect meanwhile) and gets EAGAIN where
+        Linux would wait for room in the listener's backlog; the sentry then
+        leaves the wait to the kernel (syscalls/sockets.py)."""
+        fd = self.passed_fd
+        if fd < 0:
+            raise _err(errno.EBADF)
+        target = self._resolve(req, req.strings[0])
+        blocking = os.get_blocking(fd)
+        try:
+            if blocking:
+                os.set_blocking(fd, False)
+            with _EffectiveIds(self.creds, req.cred):
+                # an fd that is no AF_UNIX socket gets the kernel's own errno
+                kernel.connect_unix(fd, _proc_fd(target))
+        finally:
+            if blocking:
+                os.set_blocking(fd, True)
+            os.close(target)
         return b"", -1
 
     def _link(self, req: p.Request, src: bytes, src_dir: int | None, new: bytes) -> None:

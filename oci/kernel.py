@@ -850,6 +850,17 @@ def pidfd_open(pid: int, flags: int = 0) -> int:
     return _check(_syscall(SYS_PIDFD_OPEN, ctypes.c_int(pid), ctypes.c_uint(flags)))
 
 
+def connect_unix(fd: int, path: bytes) -> None:
+    """connect(2) of the socket ``fd`` to the AF_UNIX path ``path`` (at most 107
+    bytes), without a Python socket object: making one from a bare fd asks the
+    kernel getsockname, which the gofer's allowlist has no need for."""
+    if len(path) >= 108 or b"\0" in path:
+        raise OSError(errno.EINVAL, "bad AF_UNIX path")
+    addr = (1).to_bytes(2, "little") + path + b"\0"  # sa_family AF_UNIX, sun_path
+    buf = ctypes.create_string_buffer(addr, len(addr))
+    _check(_libc.connect(ctypes.c_int(fd), buf, ctypes.c_uint(len(addr))))
+
+
 def pidfd_getfd(pidfd: int, targetfd: int, flags: int = 0) -> int:
     """pidfd_getfd(2): a duplicate (close-on-exec) of another process's fd."""
     return _check(
@@ -1247,6 +1258,7 @@ SYS_UTIME: Final = 132
 SYS_MKNOD: Final = 133
 SYS_STATFS: Final = 137
 SYS_CHROOT: Final = 161
+SYS_CONNECT: Final = 42
 SYS_BIND: Final = 49
 SYS_SETXATTR: Final = 188
 SYS_LSETXATTR: Final = 189

@@ -592,6 +592,10 @@ class FileHandlers:
 
     # --- for other areas' handlers that name a path in the root (bind(2)) ----------
 
+    def caller_cred(self, call: Call) -> Credentials:
+        """The caller's credentials for the gofer, verified (rule 1)."""
+        return self._cred(self._caller_creds(call))
+
     def caller_and_umask(self, call: Call) -> tuple[Credentials, int]:
         """The caller's credentials for the gofer and its umask, verified (rule 1)."""
         creds = self._fresh(call)

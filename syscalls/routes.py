@@ -17,7 +17,7 @@ from .files import FileHandlers
 from .info import InfoConfig, InfoHandlers
 from .procfs import ProcHandlers
 from .sched import AffinityHandlers
-from .sockets import UnixBindHandlers
+from .sockets import UnixSocketHandlers
 
 __all__ = ["served_routes"]
 
@@ -52,6 +52,6 @@ def served_routes(
         routes.update(affinity.routes())
     if files is not None:
         routes.update(files.routes())
-        routes.update(UnixBindHandlers(files).routes())  # bind(2) of a socket file in the root
+        routes.update(UnixSocketHandlers(files).routes())  # bind, connect: socket files of the root
         routes.update(ExecHandlers(files).routes())  # execve(at): checked, then the kernel's
     return routes

@@ -1,4 +1,8 @@
-"""bind(2) of an AF_UNIX socket on a path in the container's root, through the gofer.
+"""bind(2) and connect(2) of AF_UNIX sockets on paths of the container's root,
+through the gofer.
+
+bind
+----
 
 The kernel's view of the container's root is read-only (syscalls/files.py),
 so the kernel cannot create a socket file there: bind would fail with EROFS.
@@ -85,11 +89,47 @@ What differs from Linux
 * A relative path of exactly 108 bytes and no slash (no NUL left in
   sun_path) is ENAMETOOLONG from the gofer; Linux binds it.
 
+connect
+-------
+The path of a socket file in the root is resolved by the gofer, never by
+the kernel on the workload's behalf, as every other path of the root is:
+
+1. the sockaddr is read and judged as for bind (1 above): what names no
+   path of the root (another family, an abstract name, an unnamed address,
+   AF_UNSPEC's dissolve, a path into a mount the kernel serves, a socket
+   that is not AF_UNIX) is the kernel's (CONTINUE);
+2. the caller's socket is copied with pidfd_getfd, the path made absolute,
+   the caller's credentials read and the notification checked;
+3. the gofer connects *that* socket, sent to it by SCM_RIGHTS
+   (gofer/server.py ``op_connectfd``): the same socket, so its name, its
+   options, its other descriptors and the epoll sets watching it are all
+   as they were. Search permission on the way and write permission on the
+   socket file are the kernel's checks, under the caller's fs ids and
+   capabilities; the errors are the kernel's (ENOENT, ECONNREFUSED for a
+   file with no listener, EACCES, EPROTOTYPE for another socket type,
+   EISCONN, ...).
+
+What differs from Linux:
+
+* The listener's SO_PEERCRED (and SO_PEERPIDFD) names the gofer as the
+  connecting process: the caller's uid and gid, as Linux gives, but a pid
+  the container cannot see (0 in its pid namespace). Messages carry the
+  sender's own credentials (SCM_CREDENTIALS) as on Linux.
+* A blocking connect to a listener whose backlog is full waits in the
+  kernel: the gofer's attempt is non-blocking (its one thread must never
+  wait), and on EAGAIN the sentry lets the kernel make the call, which
+  resolves the path again in its read-only view of the same root. A
+  non-blocking socket gets EAGAIN, as on Linux.
+* A signal that interrupts the caller while the gofer connects leaves the
+  socket connected; the caller sees EINTR, and EISCONN if it restarts.
+
 Rule 1 (DESIGN.md): every decision is made on the one copy of the sockaddr;
-the CONTINUEs above are the documented kind: whatever a racing thread makes
-the sockaddr say afterwards, the kernel can at most try to create the
-socket file in its read-only view of the root (EROFS), or in a mount the
-caller may write anyway.
+the CONTINUEs above are the documented kind, as execve's and chdir's:
+whatever a racing thread makes the sockaddr say afterwards, the kernel can
+at most try to create the socket file in its read-only view of the root
+(EROFS), or in a mount the caller may write anyway (bind), or resolve the
+path in its read-only view of the same root (connect: a socket file's write
+permission does not depend on the mount being writable).
 """
 
 from __future__ import annotations
@@ -113,7 +153,7 @@ if TYPE_CHECKING:
     from pysandbox.gofer.client import GoferClient
     from pysandbox.gofer.protocol import Credentials
 
-__all__ = ["UnixBindHandlers"]
+__all__ = ["UnixSocketHandlers"]
 
 _AF_UNIX: Final = _socket.AF_UNIX
 _SOL_SOCKET: Final = _socket.SOL_SOCKET
@@ -145,38 +185,76 @@ _BUFFER_OPTIONS: Final = (_socket.SO_SNDBUF, _socket.SO_RCVBUF)
 _TIMEVAL_OPTIONS: Final = (_socket.SO_RCVTIMEO, _socket.SO_SNDTIMEO)
 
 
-class UnixBindHandlers:
-    """bind(2) of AF_UNIX sockets on paths of the root, through ``files``' gofer."""
+class UnixSocketHandlers:
+    """bind(2) and connect(2) of AF_UNIX sockets on paths of the root, through
+    ``files``' gofer."""
 
     def __init__(self, files: FileHandlers) -> None:
         self.files = files
 
     def routes(self) -> dict[int, Handler]:
-        return {k.SYS_BIND: self.bind}
+        return {k.SYS_BIND: self.bind, k.SYS_CONNECT: self.connect}
 
     def bind(self, call: Call) -> Result:
+        target = self._target(call)
+        if target is None:
+            return CONTINUE
+        gofer, sock, fd, path = target
+        try:
+            return self._bind(call, gofer, sock, fd, path)
+        finally:
+            sock.close()
+
+    def connect(self, call: Call) -> Result:
+        """connect(2) to a socket file of the root: the gofer connects the
+        caller's own socket (see the module's docstring)."""
+        target = self._target(call)
+        if target is None:
+            return CONTINUE
+        gofer, sock, _fd, path = target
+        try:
+            try:
+                where = self.files.absolute(call, k.AT_FDCWD, path)
+            except KernelPath:
+                return CONTINUE  # a mount the kernel serves: its socket files are its own
+            blocking = os.get_blocking(sock.fileno())
+            cred = self.files.caller_cred(call)  # NOTIF_ID_VALID (rule 1)
+            try:
+                gofer.connect_fd(sock.fileno(), where, cred=cred)
+            except KernelPath:
+                return CONTINUE  # led into a kernel mount through a symlink
+            except BlockingIOError:
+                if blocking:
+                    return CONTINUE  # the listener's backlog is full: the kernel waits
+                raise  # EAGAIN, as Linux answers a non-blocking socket
+        finally:
+            sock.close()
+        return 0
+
+    def _target(self, call: Call) -> tuple[GoferClient, _socket.socket, int, bytes] | None:
+        """(gofer, our copy of the caller's socket, its fd number, the path) for
+        a bind or connect that names a path; None when the call is the kernel's
+        to answer (nothing of the root is resolved by it: the module's
+        docstring, 1). OSError EBADF when the caller has no such fd."""
         gofer = self.files.gofer_client
         if gofer is None:
-            return CONTINUE  # no gofer: nothing is read, nothing decided
+            return None  # no gofer: nothing is read, nothing decided
         fd, addr, addrlen = s32(call.args[0]), call.args[1], s32(call.args[2])
         if fd < 0 or not _SUN_PATH < addrlen <= _SOCKADDR_UN:
-            return CONTINUE  # EBADF, autobind, EINVAL, another family: no path of ours
+            return None  # EBADF, autobind or AF_UNSPEC, EINVAL, another family
         try:
             raw = call.read(addr, addrlen)
         except OSError:
-            return CONTINUE  # EFAULT, but the kernel's EBADF/ENOTSOCK come first
+            return None  # EFAULT, but the kernel's EBADF/ENOTSOCK come first
         if int.from_bytes(raw[:_SUN_PATH], "little") != _AF_UNIX or raw[_SUN_PATH] == 0:
-            return CONTINUE  # another family (EINVAL here), or an abstract name
+            return None  # another family, or an abstract name
         path = raw[_SUN_PATH:].split(b"\0", 1)[0]  # as the kernel's unix_mkname_bsd
         if call.tracing:
             call.detail = f"{fd}, {{AF_UNIX, {repr(path)[1:]}}}, {addrlen}"
         sock = self._caller_socket(call, fd)
         if sock is None:
-            return CONTINUE  # ENOTSOCK, or not AF_UNIX: the kernel's to answer
-        try:
-            return self._bind(call, gofer, sock, fd, path)
-        finally:
-            sock.close()
+            return None  # ENOTSOCK, or not AF_UNIX: the kernel's to answer
+        return gofer, sock, fd, path
 
     def _bind(
         self, call: Call, gofer: GoferClient, sock: _socket.socket, fd: int, path: bytes

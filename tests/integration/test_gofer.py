@@ -542,6 +542,51 @@ def test_bind_and_connect(c: GoferClient, tree: Tree) -> None:
     assert stat.S_IMODE(os.lstat(tree.root / "run/d.sock").st_mode) == 0o755  # default umask 022
 
 
+def test_connect_fd_connects_the_callers_own_socket(c: GoferClient, tree: Tree) -> None:
+    listener = c.bind("/home/user/fd.sock", socket.SOCK_STREAM, umask=0o077, cred=USER)
+    with socket.socket(fileno=listener) as server:
+        server.listen(0)
+        mine = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        c.connect_fd(mine.fileno(), "/home/user/fd.sock", cred=USER)
+        assert mine.getpeername() == "fd.sock" and os.get_blocking(mine.fileno())
+        conn, _ = server.accept()
+        with conn:
+            _pid, uid, gid = struct.unpack(
+                "3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
+            )
+            assert (uid, gid) == (1000, 1000)
+            mine.sendall(b"same socket")
+            assert conn.recv(20) == b"same socket"
+        assert errno_of(c.connect_fd, mine.fileno(), "/home/user/fd.sock") == errno.EISCONN
+        mine.close()
+        # a full backlog: EAGAIN at once, blocking or not, and the socket's
+        # blocking mode is left as it was (the sentry lets the kernel wait)
+        first = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        c.connect_fd(first.fileno(), "/home/user/fd.sock", cred=USER)
+        for blocking in (True, False):
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+                s.setblocking(blocking)
+                path = "/home/user/fd.sock"
+                assert errno_of(c.connect_fd, s.fileno(), path, cred=USER) == errno.EAGAIN
+                assert os.get_blocking(s.fileno()) is blocking
+        first.close()
+        other = p.Credentials(1001, 1001, (), 0)
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            assert errno_of(c.connect_fd, s.fileno(), "/home/user/fd.sock", cred=other) == (
+                errno.EACCES
+            )
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        assert errno_of(c.connect_fd, s.fileno(), "/missing") == errno.ENOENT
+        assert errno_of(c.connect_fd, s.fileno(), "/secret") == errno.ECONNREFUSED
+    # what is no AF_UNIX socket gets the kernel's own answer
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        assert errno_of(c.connect_fd, s.fileno(), "/run") == errno.EAFNOSUPPORT
+    r, w = os.pipe()
+    assert errno_of(c.connect_fd, r, "/run") == errno.ENOTSOCK
+    os.close(r)
+    os.close(w)
+
+
 def test_credentials_are_the_callers(c: GoferClient, tree: Tree) -> None:
     assert read_fd(c.open("/secret", os.O_RDONLY)) == b"root only\n"
     assert errno_of(c.open, "/secret", os.O_RDONLY, cred=USER) == errno.EACCES

@@ -25,7 +25,7 @@ import pytest
 from pysandbox.sentry.loop import CONTINUE, Call, NotificationGone
 from pysandbox.sentry.notify import Listener
 from pysandbox.syscalls.files import FileHandlers
-from pysandbox.syscalls.sockets import UnixBindHandlers
+from pysandbox.syscalls.sockets import UnixSocketHandlers
 from tests.conftest import Bundle, Runner
 
 PROBE = r"""
@@ -521,12 +521,12 @@ class _FakeFiles:
 
 def _bind_call(
     tmp_path: Path, fd: int, name: bytes, fail: int = 0
-) -> tuple[UnixBindHandlers, Call, _FakeListener, _FakeFiles, object]:
+) -> tuple[UnixSocketHandlers, Call, _FakeListener, _FakeFiles, object]:
     raw = struct.pack("<H", socket.AF_UNIX) + name + b"\0"
     buf = ctypes.create_string_buffer(raw, 110)
     lst = _FakeListener(fail)
     files = _FakeFiles(tmp_path)
-    handlers = UnixBindHandlers(cast(FileHandlers, files))
+    handlers = UnixSocketHandlers(cast(FileHandlers, files))
     args = (fd, ctypes.addressof(buf), 110, 0, 0, 0)
     call = Call(1, threading.get_native_id(), 49, 0, 0, args, cast(Listener, lst), False)
     return handlers, call, lst, files, buf  # buf: kept alive by the caller

@@ -43,6 +43,7 @@ SAMPLES: list[tuple[int, tuple[int, ...], tuple[bytes, ...]]] = [
     (p.OP_CONNECT, (2,), (b"/run/s.sock",)),
     (p.OP_LINKFD, (), (b"/named",)),
     (p.OP_ROOT, (), (b"/jail",)),
+    (p.OP_CONNECTFD, (), (b"/run/s.sock",)),
 ]
 
 
