@@ -345,6 +345,27 @@ def seccomp_load_bpf(prog: bytes, flags: int = 0) -> int:
     )
 
 
+def seccomp_load_listener(prog: bytes) -> int:
+    """Install the sandbox's filter; return its listener fd (NEW_LISTENER).
+
+    With WAIT_KILLABLE_RECV (Linux 5.19) where the kernel has it: once the
+    sentry has received a call, only a fatal signal interrupts the caller's
+    wait, and other signals wait for the answer, as they wait for a call the
+    kernel serves. Without it a signal arriving meanwhile (a SIGCHLD) made
+    kill(2), stat(2), open(2)... fail with EINTR, which Linux never gives for
+    them. A signal that comes before the sentry has received the call still
+    interrupts it (the kernel's rule: -ERESTARTSYS, EINTR for a handler
+    without SA_RESTART): a window of the wake-up's length.
+    """
+    flags = SECCOMP_FILTER_FLAG_NEW_LISTENER | SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV
+    try:
+        return seccomp_load_bpf(prog, flags)
+    except OSError as e:
+        if e.errno != errno.EINVAL:  # EINVAL: a kernel before 5.19
+            raise
+    return seccomp_load_bpf(prog, SECCOMP_FILTER_FLAG_NEW_LISTENER)
+
+
 # --- network interfaces ------------------------------------------------------
 _SIOCGIFFLAGS: Final = 0x8913
 _SIOCSIFFLAGS: Final = 0x8914

@@ -339,7 +339,7 @@ def _join_sentry(plan: LaunchPlan) -> None:
     assert plan.sentry_bpf is not None and plan.sentry_sock is not None
     k.prctl(k.PR_SET_NO_NEW_PRIVS, 1)
     try:
-        fd = k.seccomp_load_bpf(plan.sentry_bpf, k.SECCOMP_FILTER_FLAG_NEW_LISTENER)
+        fd = k.seccomp_load_listener(plan.sentry_bpf)  # signals wait for the sentry's answer
     except OSError as e:
         raise RuntimeFailure(f"installing the sandbox's seccomp filter: {e.strerror}") from None
     try:

@@ -1,10 +1,11 @@
 """Run a function in a forked child under a seccomp filter whose listener the parent gets.
 
 For the sentry's tests and benchmarks (and as the shape of what init does):
-the child sets no_new_privs, loads the filter with
-SECCOMP_FILTER_FLAG_NEW_LISTENER, sends the listener fd to the parent over a
-socketpair *before* making any call the filter routes to it (sendmsg, close
-and exit must be allowed by the filter), closes its copy and runs ``body``.
+the child sets no_new_privs, loads the filter as init does
+(kernel.seccomp_load_listener: NEW_LISTENER, WAIT_KILLABLE_RECV), sends the
+listener fd to the parent over a socketpair *before* making any call the
+filter routes to it (sendmsg, close and exit must be allowed by the filter),
+closes its copy and runs ``body``.
 The parent serves the listener; the child's exit status is ``body``'s return
 value (1 and a traceback on stderr if it raised).
 """
@@ -31,7 +32,7 @@ def spawn_under_filter(bpf: bytes, body: Callable[[], int]) -> tuple[int, int]:
         try:
             parent_sock.close()
             kernel.prctl(kernel.PR_SET_NO_NEW_PRIVS, 1)
-            fd = kernel.seccomp_load_bpf(bpf, kernel.SECCOMP_FILTER_FLAG_NEW_LISTENER)
+            fd = kernel.seccomp_load_listener(bpf)  # as init loads it (oci/spawn.py)
             send_listener(child_sock, fd)
             os.close(fd)
             child_sock.close()

@@ -255,6 +255,7 @@ def _main(
     from pysandbox.oci import kernel as k
     from pysandbox.syscalls.files import FileHandlers
     from pysandbox.syscalls.info import InfoConfig
+    from pysandbox.syscalls.loadavg import ContainerLoad
     from pysandbox.syscalls.procfs import ContainerView, ProcHandlers
     from pysandbox.syscalls.routes import served_routes
     from pysandbox.syscalls.sched import AffinityHandlers
@@ -325,6 +326,8 @@ def _main(
     if options.strace:
         strace = os.fdopen(os.dup(2), "w", buffering=1)
     view = ContainerView(dict(options.resource_files))
+    not_the_containers = {os.getpid()}  # the watchdog joins below
+    load = ContainerLoad(view.files.get("cgroup"), lambda: not_the_containers)
     info = InfoConfig(
         hostname=options.hostname,
         domainname=options.domainname,
@@ -333,11 +336,17 @@ def _main(
         swap_limit=view.swap_limit,
         memory_usage=view.memory_usage,
         boot_time=view.started,
+        task_count=load.task_count,
+        loads=load.sysinfo_loads,
     )
     tasks = TaskTable()
     tasks.exclude(os.getpid())
     proc = ProcHandlers(
-        view, masked=options.masked_paths, root_readonly=options.root_readonly, tasks=tasks
+        view,
+        masked=options.masked_paths,
+        root_readonly=options.root_readonly,
+        tasks=tasks,
+        load=load,
     )
     files = FileHandlers(proc)
     files.use_routing(routing)  # credentials are cached only if their changes are seen
@@ -356,6 +365,7 @@ def _main(
     # sentry dies. Forked now, before init exists: it needs only the cgroup.
     watchdog = start_watchdog(options.cgroup_dir)
     tasks.exclude(watchdog)
+    not_the_containers.add(watchdog)
     write_watchdog(options.state_dir, watchdog)
     # Rule 3: the sentry confines itself before it serves anything (see
     # sentry/confine.py), and before init's listener arrives, so that init's
@@ -367,6 +377,7 @@ def _main(
         read_paths=[p for p in ("/proc", NODE_DIR, *options.cgroup_roots) if os.path.isdir(p)],
         cache_dir=cache_dir(os.path.dirname(options.state_dir)),
     ).apply(log_fd=2)
+    load.start()  # the container's load average, sampled every 5 s from now
     # Create sends init's pid and the gofer's socket; init, just before
     # execve, its listener.
     first = None

@@ -88,7 +88,9 @@ class InfoConfig:
     # bytes of swap (memory.swap.max), None: unlimited; a callable as above
     swap_limit: int | Callable[[], int | None] | None = None
     memory_usage: Callable[[], int] | None = None  # live memory.current
-    task_count: Callable[[], int] | None = None  # the container's tasks (task table)
+    task_count: Callable[[], int] | None = None  # the container's threads (syscalls/loadavg.py)
+    # the container's 1, 5 and 15 minute loads, as sysinfo reports them (<< 16)
+    loads: Callable[[], tuple[int, int, int]] | None = None
     boot_time: float | None = None  # CLOCK_BOOTTIME at container start; None: host uptime
 
 
@@ -237,6 +239,8 @@ class InfoHandlers:
             f["freeswap"] = min(f["freeswap"], f["totalswap"])
         if cfg.task_count is not None:
             f["procs"] = min(cfg.task_count(), 0xFFFF)
+        if cfg.loads is not None:
+            f["load1"], f["load5"], f["load15"] = cfg.loads()
         return tuple(f.values())
 
     def sysinfo(self, call: Call) -> Result:

@@ -28,8 +28,8 @@ What each file shows:
   sysconf(_SC_NPROCESSORS_ONLN) and Python's os.cpu_count, count it);
   sched_getaffinity is cut the same way (syscalls/sched.py).
 
-/proc/loadavg stays the host's (the kernel keeps no per-cgroup load), as
-under gVisor; the gofer's full /proc comes with the rest of issue 5.
+* loadavg: the container's own load average (syscalls/loadavg.py), where
+  the kernel's is the host's; sysinfo's loads are the same.
 
 Mount tables: ``mountinfo`` and ``mounts`` of ``/proc/self``,
 ``/proc/thread-self``, ``/proc/<pid>``, ``/proc/<pid>/task/<tid>`` (``self``
@@ -84,6 +84,8 @@ if TYPE_CHECKING:
     from typing import Final
 
     from pysandbox.sentry.tasks import TaskTable
+
+    from .loadavg import ContainerLoad
 
 __all__ = [
     "VIRTUAL_FILES",
@@ -395,6 +397,7 @@ VIRTUAL_FILES: Final = (
     "/proc/cpuinfo",
     "/proc/stat",
     "/proc/uptime",
+    "/proc/loadavg",
     "/sys/devices/system/cpu/online",
 )
 
@@ -435,11 +438,14 @@ class ProcHandlers:
         masked: tuple[str, ...] = (),
         root_readonly: bool = True,
         tasks: TaskTable | None = None,
+        load: ContainerLoad | None = None,
     ) -> None:
         """``root_readonly``: False only when the workload may write its root
         (the spec's root is writable and the gofer serves it): the mount
         tables then say ``rw`` for it. ``tasks``: translates the pids of
-        ``/proc/<pid>/mountinfo``; without it such paths go to the kernel."""
+        ``/proc/<pid>/mountinfo``; without it such paths go to the kernel.
+        ``load``: the container's load average; without it /proc/loadavg is
+        the kernel's (the host's)."""
         self.view = view
         self.host_proc = host_proc
         self.root_readonly = root_readonly
@@ -452,15 +458,18 @@ class ProcHandlers:
                 self.host_online = cpu_list(f.read())
         except (OSError, ValueError):
             self.host_online = list(range(self.host_cpus))
-        self.renderers: dict[bytes, Callable[[], str]] = {
-            b"/proc/meminfo": self.meminfo,
-            b"/proc/cpuinfo": self.cpuinfo,
-            b"/proc/stat": self.stat,
-            b"/proc/uptime": self.uptime,
+        # path -> the file's text for a reader (host tid)
+        self.renderers: dict[bytes, Callable[[int], str]] = {
+            b"/proc/meminfo": lambda _reader: self.meminfo(),
+            b"/proc/cpuinfo": lambda _reader: self.cpuinfo(),
+            b"/proc/stat": lambda _reader: self.stat(),
+            b"/proc/uptime": lambda _reader: self.uptime(),
             # glibc's get_nprocs (sysconf(_SC_NPROCESSORS_ONLN), Python's
             # os.cpu_count) counts this list
-            b"/sys/devices/system/cpu/online": self.cpu_online,
+            b"/sys/devices/system/cpu/online": lambda _reader: self.cpu_online(),
         }
+        if load is not None:
+            self.renderers[b"/proc/loadavg"] = load.loadavg
         # maskedPaths stay masked: a masked file (or one below a masked
         # directory) is left to the kernel, which opens the mask.
         for path in list(self.renderers):
@@ -528,7 +537,7 @@ class ProcHandlers:
         if call.tracing:
             call.detail = f"{path.decode(errors='replace')!r}, {flags:#o}"
         try:
-            data = render().encode()
+            data = render(call.pid).encode()
         except OSError:
             return Errno(errno.EIO)
         return self._install(path, data, flags)

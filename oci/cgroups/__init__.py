@@ -517,7 +517,9 @@ def limit_files(mode: str, dirs: Mapping[str, str]) -> dict[str, str]:
     (syscalls/procfs.py); here so that create names them without importing it.
 
     ``dirs``: the container's cgroup directory per v1 subsystem (memory, cpu,
-    cpuset), or {"unified": dir} for v2.
+    cpuset), or {"unified": dir} for v2. "cgroup" is a directory whose
+    processes (and those of the cgroups below it) are the container's, for
+    its load average (syscalls/loadavg.py).
     """
     out: dict[str, str] = {}
     if mode == "v2":
@@ -525,6 +527,7 @@ def limit_files(mode: str, dirs: Mapping[str, str]) -> dict[str, str]:
         if d:
             out.update(
                 {
+                    "cgroup": d,
                     "memory.limit": os.path.join(d, "memory.max"),
                     "memory.usage": os.path.join(d, "memory.current"),
                     "swap.limit": os.path.join(d, "memory.swap.max"),
@@ -543,6 +546,10 @@ def limit_files(mode: str, dirs: Mapping[str, str]) -> dict[str, str]:
         out["cpu.period"] = os.path.join(dirs["cpu"], "cpu.cfs_period_us")
     if "cpuset" in dirs:
         out["cpuset"] = os.path.join(dirs["cpuset"], "cpuset.cpus")
+    for sub in ("cpu", "memory", "cpuset"):
+        if sub in dirs:
+            out["cgroup"] = dirs[sub]
+            break
     return out
 
 

@@ -1,10 +1,11 @@
-"""/proc/meminfo, cpuinfo, stat and uptime inside real sandboxed containers
+"""/proc/meminfo, cpuinfo, stat, uptime and loadavg inside real sandboxed containers
 reflect the container's cgroup limits (syscalls/procfs.py); without the
 sentry (as under runc) the same commands show the host's figures."""
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -205,3 +206,46 @@ def test_masked_paths_stay_masked(runtime: Runner, bundle: Bundle) -> None:
     lines = res.stdout.split()
     assert lines[0] == "0"
     assert lines[-1] == "end" and len(lines) == 2, res.stdout  # the directory is masked: no file
+
+
+LOADAVG = re.compile(r"^(\d+\.\d\d) (\d+\.\d\d) (\d+\.\d\d) (\d+)/(\d+) (\d+)$")
+
+
+def test_loadavg_is_the_containers(runtime: Runner, bundle: Bundle) -> None:
+    """/proc/loadavg (and sysinfo's loads, which busybox's uptime prints) count
+    the container's tasks, not the host's: an idle container starts at 0.00
+    with its own few tasks and pids; two busy loops raise it within one 5 s
+    sample (syscalls/loadavg.py)."""
+    bundle.args(
+        "sh",
+        "-c",
+        "cat /proc/loadavg; (while :; do :; done) & (while :; do :; done) &"
+        " sleep 6; cat /proc/loadavg; uptime; kill %1 %2",
+    )
+    res = runtime("run", "--bundle", str(bundle.path), "procfs-loadavg")
+    assert res.returncode == 0, res.stderr
+    first, second, uptime = res.stdout.splitlines()
+    m = LOADAVG.match(first)
+    assert m, first
+    assert m.groups()[:3] == ("0.00", "0.00", "0.00")  # no sample yet
+    running, total, last = (int(x) for x in m.groups()[3:])
+    assert running == 1  # the reader itself
+    assert 1 <= total <= 3 and 1 <= last <= 3  # sh and cat: not the host's hundreds
+    m = LOADAVG.match(second)
+    assert m, second
+    one = float(m.group(1))
+    assert one > 0.05, second  # 2 busy tasks for >= 1 sample: 2 * (1 - e^(-5/60)) = 0.16
+    assert int(m.group(4)) >= 3  # the two loops and the reader
+    assert f"load average: {one:.2f}" in uptime or "load average: 0." in uptime, uptime
+    assert not uptime.endswith("0.00, 0.00, 0.00"), uptime
+
+
+def test_loadavg_without_the_sentry_is_the_hosts(runtime: Runner, bundle: Bundle) -> None:
+    bundle.args("cat", "/proc/loadavg")
+    res = runtime("--sandbox", "none", "run", "--bundle", str(bundle.path), "procfs-hostload")
+    assert res.returncode == 0, res.stderr
+    m = LOADAVG.match(res.stdout.strip())
+    assert m, res.stdout
+    with open("/proc/loadavg") as f:
+        host_total = int(f.read().split()[3].split("/")[1])
+    assert int(m.group(5)) > 10 and abs(int(m.group(5)) - host_total) < host_total  # the host's

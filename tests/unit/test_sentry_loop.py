@@ -185,6 +185,33 @@ def test_handler_that_raises_answers_eio_and_the_loop_goes_on() -> None:
     assert len(run.log) == 2 and "RuntimeError: handler bug" in run.log[0]
 
 
+def test_a_signal_during_a_served_call_waits_for_its_answer() -> None:
+    """A signal whose handler has no SA_RESTART, arriving while the sentry
+    serves a call, is delivered after the answer, as for a call the kernel
+    serves: the call does not fail with EINTR (WAIT_KILLABLE_RECV,
+    kernel.seccomp_load_listener). Before, getppid here said EINTR."""
+
+    def slow(call: Call) -> Result:
+        time.sleep(0.3)  # the alarm rings meanwhile
+        return 4242
+
+    def body() -> Any:
+        import signal
+
+        rang: list[int] = []
+        signal.signal(signal.SIGALRM, lambda *_: rang.append(1))
+        signal.siginterrupt(signal.SIGALRM, True)  # no SA_RESTART
+        signal.setitimer(signal.ITIMER_REAL, 0.1)
+        result = raw_syscall(NR_GETPPID)
+        return [result, len(rang)]
+
+    routes = info_routes()
+    routes[NR_GETPPID] = slow
+    run = serve_child(body, routes)
+    assert run.status == 0
+    assert run.report == [[4242, 0], 1]
+
+
 def test_bad_pointers_are_efault_and_the_loop_keeps_serving() -> None:
     def body() -> Any:
         ro = mmap.mmap(-1, PAGE_SIZE)
