@@ -120,8 +120,10 @@ What differs from Linux:
   wait), and on EAGAIN the sentry lets the kernel make the call, which
   resolves the path again in its read-only view of the same root. A
   non-blocking socket gets EAGAIN, as on Linux.
-* A signal that interrupts the caller while the gofer connects leaves the
-  socket connected; the caller sees EINTR, and EISCONN if it restarts.
+* On a kernel without SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV (before 5.19;
+  kernel.seccomp_load_listener), a signal that interrupts the caller while
+  the gofer connects leaves the socket connected; the caller sees EINTR,
+  and EISCONN if it restarts. With it, the signal waits for the answer.
 
 Rule 1 (DESIGN.md): every decision is made on the one copy of the sockaddr;
 the CONTINUEs above are the documented kind, as execve's and chdir's:
