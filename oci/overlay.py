@@ -22,6 +22,7 @@ directory are created after this, so they too land in the upper layer.
 
 from __future__ import annotations
 
+import errno
 import os
 
 from pysandbox.oci import kernel as k
@@ -130,14 +131,21 @@ def mount_overlay(rootfs: str, overlay: Overlay, size: int, upper_dir: str = "")
         work = os.open(os.path.join(base, "work"), os.O_PATH | os.O_CLOEXEC)
         try:
             merged = os.path.join(base, "merged")
-            k.mount(
-                "overlay",
-                merged,
-                "overlay",
-                0,
+            layers = (
                 f"lowerdir=/proc/self/fd/{lower},upperdir=/proc/self/fd/{upper},"
-                f"workdir=/proc/self/fd/{work}",
+                f"workdir=/proc/self/fd/{work}"
             )
+            try:
+                # The layers are on two file systems (the image's and a tmpfs):
+                # without xino a directory's st_ino changes from mount to mount
+                # and is not the d_ino readdir gives, and a file reports its
+                # layer's st_dev (overlayfs.rst, "Inode properties"). With it,
+                # both are as on one file system, as under docker's overlay2.
+                k.mount("overlay", merged, "overlay", 0, layers + ",xino=on")
+            except OSError as e:
+                if e.errno != errno.EINVAL:
+                    raise
+                k.mount("overlay", merged, "overlay", 0, layers)  # a kernel without xino
         finally:
             os.close(upper)
             os.close(work)

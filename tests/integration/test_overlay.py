@@ -261,3 +261,63 @@ def test_dir_upper_layer_with_a_user_namespace_is_refused(
         msg="not supported with a user namespace",
     )
     assert not (tmp_path / "uppers").exists()
+
+
+INODES_C = r"""
+#include <dirent.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+/* For each directory named: every entry's d_ino (readdir) against its
+   st_ino (lstat), and its st_dev against the directory's. */
+int main(int argc, char **argv) {
+    for (int i = 1; i < argc; i++) {
+        struct stat top;
+        if (lstat(argv[i], &top) != 0) return 2;
+        DIR *d = opendir(argv[i]);
+        if (!d) return 2;
+        struct dirent *e;
+        while ((e = readdir(d))) {
+            if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
+            char path[4096];
+            struct stat st;
+            snprintf(path, sizeof path, "%s/%s", argv[i], e->d_name);
+            if (lstat(path, &st) != 0) return 2;
+            printf("%s ino %s dev %s\n", path, e->d_ino == st.st_ino ? "same" : "differs",
+                   st.st_dev == top.st_dev ? "same" : "differs");
+        }
+        closedir(d);
+    }
+    return 0;
+}
+"""
+
+
+def test_inode_numbers_and_devices_are_as_on_one_file_system(
+    runtime: Runner, bundle: Bundle, tmp_path: Path
+) -> None:
+    """The memory overlay's layers are on two file systems (the image's and a
+    tmpfs). Mounted with xino, it gives what one file system would, as docker's
+    overlay2 does: a directory's st_ino is readdir's d_ino (Python's test_os
+    checks it; find and tar rely on it), and every file shows the root's st_dev,
+    whichever layer holds it. Without xino, both differed."""
+    import subprocess
+
+    src = tmp_path / "inodes.c"
+    src.write_text(INODES_C)
+    exe = bundle.rootfs / "inodes"
+    subprocess.run(["gcc", "-static", "-O1", "-o", str(exe), str(src)], check=True)
+    _writable(
+        bundle,
+        "mkdir -p /tmp/t/dir /lowerdir-new && touch /tmp/t/file && /inodes /tmp/t /bin /",
+    )
+    bundle.write()
+    res = runtime("run", "--bundle", str(bundle.path), "ov-inodes")
+    assert res.returncode == 0, res.stdout + res.stderr
+    lines = res.stdout.splitlines()
+    assert "/tmp/t/dir ino same dev same" in lines  # made in the upper layer
+    assert "/tmp/t/file ino same dev same" in lines
+    assert "/bin/sh ino same dev same" in lines  # the image's (lower layer)
+    # / holds the kernel's mount points (/proc, /dev, /sys): other file systems
+    differs = {x.split()[0] for x in lines if "differs" in x}
+    assert differs <= {"//proc", "//dev", "//sys"}, differs
