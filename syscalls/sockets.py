@@ -50,18 +50,21 @@ removed, then EINVAL.
 
 What differs from Linux
 -----------------------
-* getsockname() on the bound socket, getpeername() of a peer connected to
-  it, and the source address a datagram from it carries (recvfrom,
-  recvmsg's msg_name) say the name the gofer passed to bind(2), the *last
-  component* of the path: ``{AF_UNIX, "s1"}`` (addrlen 2 + 2 + 1) for a
-  bind of "/tmp/s1", where Linux says ``"/tmp/s1"``. Linux keeps the
-  sun_path exactly as the caller passed it (up to the first NUL within
-  addrlen), and the gofer cannot bind that string without resolving it
-  itself, outside its confined walk. A relative path of one component
-  ("s2" in the cwd) reads the same as on Linux. Programs that answer a
-  datagram at the address it came from (recvfrom, then sendto that
-  address) resolve that name relative to *their* cwd and miss, unless the
-  two share the directory.
+* The kernel records, as the socket's address, the name the gofer passed to
+  bind(2): the *last component* of the path (``{AF_UNIX, "s1"}``, addrlen
+  2 + 2 + 1, for a bind of "/tmp/s1"), where Linux keeps the sun_path as
+  the caller passed it; the gofer cannot bind that string without
+  resolving it itself, outside its confined walk. getsockname() is the
+  sentry's, and answers the address the caller bound, as Linux does (the
+  sentry keeps it per socket inode, for the last 4,096 sockets bound so):
+  a server that advertises getsockname()'s address (Python's
+  multiprocessing Listener; CPython's test_socket hung on it) is found.
+  getpeername() of a peer connected to it and the source address a
+  datagram from it carries (recvfrom, recvmsg's msg_name) still say the
+  last component: programs that answer a datagram at the address it came
+  from resolve that name relative to *their* cwd and miss, unless the two
+  share the directory. A relative path of one component ("s2" in the cwd)
+  reads the same as on Linux everywhere.
 * The bound socket is a different socket from the one the caller made:
   other descriptors of the original (dup, fork, SCM_RIGHTS) stay unbound,
   an epoll set that watched the fd keeps watching the old socket, and
@@ -162,6 +165,7 @@ _SOL_SOCKET: Final = _socket.SOL_SOCKET
 _SUN_PATH: Final = 2  # offsetof(struct sockaddr_un, sun_path) == sizeof(sa_family_t)
 _SOCKADDR_UN: Final = 110  # sizeof(struct sockaddr_un)
 _TIMEVAL: Final = 16  # struct timeval (SO_RCVTIMEO_OLD, SO_SNDTIMEO_OLD)
+_MAX_BOUND: Final = 4096  # addresses of gofer-bound sockets the sentry keeps
 
 # Socket options (SOL_SOCKET, int) that mean something on an AF_UNIX socket
 # and read back as they were set: copied when the original's differs from the
@@ -193,9 +197,49 @@ class UnixSocketHandlers:
 
     def __init__(self, files: FileHandlers) -> None:
         self.files = files
+        # (st_dev, st_ino) of each socket bound through the gofer -> the address
+        # Linux would have recorded (getsockname); the oldest are forgotten
+        self.bound: dict[tuple[int, int], bytes] = {}
 
     def routes(self) -> dict[int, Handler]:
-        return {k.SYS_BIND: self.bind, k.SYS_CONNECT: self.connect}
+        return {
+            k.SYS_BIND: self.bind,
+            k.SYS_CONNECT: self.connect,
+            k.SYS_GETSOCKNAME: self.getsockname,
+        }
+
+    def getsockname(self, call: Call) -> Result:
+        """getsockname(fd, addr, addrlen) of a socket bound through the gofer: the
+        address the caller bound, as Linux records it (the family, sun_path up to
+        its first NUL, a NUL), where the gofer's socket says only the last
+        component. Linux copies min(*addrlen, the address's length) bytes and
+        stores the address's length in *addrlen (EINVAL if negative, EFAULT).
+        Any other socket, and every socket while none was bound so, is the
+        kernel's: nothing is read."""
+        if not self.bound:
+            return CONTINUE
+        fd, addr, len_addr = s32(call.args[0]), call.args[1], call.args[2]
+        if fd < 0:
+            return CONTINUE
+        try:
+            ours = self.files.caller_fd(call, fd)
+        except OSError:
+            return CONTINUE  # EBADF: the kernel's answer
+        try:
+            st = os.fstat(ours)
+        finally:
+            os.close(ours)
+        name = self.bound.get((st.st_dev, st.st_ino))
+        if name is None:
+            return CONTINUE
+        room = int.from_bytes(call.read(len_addr, 4), "little", signed=True)
+        if room < 0:
+            return _EINVAL
+        if call.tracing:
+            call.detail = f"{fd}, {{AF_UNIX, {repr(name[_SUN_PATH:-1])[1:]}}}"
+        call.write(addr, name[:room])
+        call.write(len_addr, len(name).to_bytes(4, "little"))
+        return 0
 
     def bind(self, call: Call) -> Result:
         target = self._target(call)
@@ -286,6 +330,7 @@ class UnixSocketHandlers:
                 _remove(gofer, where, cred)
                 return _EINVAL
             self._install(call, sock, new, fd)
+            self._remember(new, path)
         except BaseException as e:
             _remove(gofer, where, cred)  # a restarted bind must not find it
             if isinstance(e, _Gone):
@@ -294,6 +339,14 @@ class UnixSocketHandlers:
         finally:
             os.close(new)
         return 0
+
+    def _remember(self, sock: int, path: bytes) -> None:
+        """Keep the address Linux would have given the socket ``sock``: its
+        family, the path as the caller passed it, a NUL (unix_mkname_bsd)."""
+        st = os.fstat(sock)
+        if len(self.bound) >= _MAX_BOUND:
+            del self.bound[next(iter(self.bound))]
+        self.bound[(st.st_dev, st.st_ino)] = _AF_UNIX.to_bytes(2, "little") + path + b"\0"
 
     def _caller_socket(self, call: Call, fd: int) -> _socket.socket | None:
         """Our copy of the caller's ``fd`` as a socket; None when it is no AF_UNIX

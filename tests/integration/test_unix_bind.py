@@ -403,8 +403,9 @@ def test_bind_answers_as_the_kernel_does(
     assert (theirs.rootfs / "tmp" / "s1").is_socket()
 
     # The names the sockets report. Linux keeps sun_path as it was passed;
-    # the gofer binds the last component from inside the parent directory,
-    # so that is the name under pysandbox (syscalls/sockets.py's docstring).
+    # the gofer binds the last component from inside the parent directory.
+    # getsockname is the sentry's and gives the address bound; a peer's
+    # getpeername sees the gofer's name (syscalls/sockets.py's docstring).
     assert ref_names == [
         "name bound 10 /tmp/s1",
         "name child-peer 10 /tmp/s1",
@@ -415,12 +416,12 @@ def test_bind_answers_as_the_kernel_does(
         "name dev-shm 13 /dev/shm/k",
     ]
     assert names == [
-        "name bound 5 s1",  # addrlen: sun_family, "s1", its NUL
-        "name child-peer 5 s1",  # a peer sees the same name
-        "name through-symlink 4 s",
+        "name bound 10 /tmp/s1",  # getsockname: the address bound, as on Linux
+        "name child-peer 5 s1",  # a peer sees the gofer's name: the last component
+        "name through-symlink 14 /tmp/ldir/s",
         "name socketpair-bind -1 EROFS",  # a connected socket is left to the kernel
-        "name relative 6 rel",  # one component, relative: as on Linux
-        "name relative-subdir 7 rel2",
+        "name relative 6 rel",
+        "name relative-subdir 12 real/rel2",
         "name dev-shm 13 /dev/shm/k",  # the kernel's own bind (a tmpfs)
     ]
     # and the sentry served them (the gofer made the files), or let the kernel

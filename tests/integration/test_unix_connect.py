@@ -195,6 +195,23 @@ int main(int argc, char **argv) {
     int kc = socket(AF_UNIX, SOCK_STREAM, 0);
     T("connect-dev-shm", connect_path(kc, "/dev/shm/k"));
 
+    /* the address getsockname gives is the one to connect to (a server that
+       advertises it: Python's multiprocessing Listener, its test_socket) */
+    int adv = listener("/tmp/d/advertised", SOCK_STREAM, 1);
+    struct sockaddr_un got;
+    socklen_t glen = sizeof got;
+    T("getsockname-advertised", getsockname(adv, (struct sockaddr *)&got, &glen));
+    printf("getsockname-len %d\n", (int)glen);
+    T("chdir-root", chdir("/"));
+    int ac2 = socket(AF_UNIX, SOCK_STREAM, 0);
+    T("connect-advertised", connect(ac2, (struct sockaddr *)&got, glen));
+    struct sockaddr_un small;
+    socklen_t slen = 6;
+    T("getsockname-short-buffer", getsockname(adv, (struct sockaddr *)&small, &slen));
+    printf("getsockname-short %d %.4s\n", (int)slen, small.sun_path);
+    slen = (socklen_t)-1;
+    T("getsockname-negative-len", getsockname(adv, (struct sockaddr *)&small, &slen));
+
     /* a full backlog: EAGAIN for a non-blocking socket, a wait for a blocking one */
     int full = listener("/tmp/full", SOCK_STREAM, 0);
     int f1 = socket(AF_UNIX, SOCK_STREAM, 0);
@@ -289,6 +306,10 @@ def test_connect_answers_as_the_kernel_does(
         "connect-dgram 0 -",
         "recvfrom-bound 1 -",
         "connect-dev-shm 0 -",
+        "getsockname-len 20",
+        "connect-advertised 0 -",
+        "getsockname-short 20 /tmp",
+        "getsockname-negative-len -1 EINVAL",
         "connect-nonblocking-full -1 EAGAIN",
         "blocked-while-full 1",
         "blocking-connect-completed 0",
