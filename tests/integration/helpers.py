@@ -5,9 +5,12 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from tests.conftest import CGROUP_ROOT, ID_PREFIX, Runner, wait_for
+if TYPE_CHECKING:
+    import subprocess
+
+from tests.conftest import CGROUP_ROOT, ID_PREFIX, Bundle, Runner, wait_for
 
 RFC3339_NANO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,9})?Z$")
 RFC3339 = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)$")
@@ -96,3 +99,61 @@ def alive(pid: int) -> bool:
 
 def pid_ns(pid: int) -> str:
     return os.readlink(f"/proc/{pid}/ns/pid")
+
+
+# --- C probes compared with runc ------------------------------------------------
+
+
+def compile_probe(directory: Path, source: str, name: str) -> Path:
+    """A static C probe (the busybox rootfs has no libc) built from ``source``."""
+    import subprocess
+
+    src = directory / f"{name}.c"
+    src.write_text(source)
+    exe = directory / name
+    res = subprocess.run(
+        ["gcc", "-static", "-O1", "-Wall", "-pthread", "-o", str(exe), str(src)],
+        capture_output=True,
+        text=True,
+    )
+    assert res.returncode == 0, res.stderr
+    return exe
+
+
+def probe_bundle(
+    tmp: Path, rootfs: Path, name: str, probe: Path, *argv: str, free: tuple[str, ...] = ()
+) -> Bundle:
+    """A writable copy of ``rootfs`` running ``probe`` (as /<its name>) with ``argv``;
+    ``free``: directories the probe works in, which must be the root's (no mount)."""
+    import shutil
+
+    from pysandbox.oci.specgen import default_spec
+
+    path = tmp / name
+    path.mkdir()
+    shutil.copytree(rootfs, path / "rootfs", symlinks=True)
+    shutil.copy(probe, path / "rootfs" / probe.name)
+    config = default_spec([f"/{probe.name}", *argv], terminal=False)
+    config["root"]["readonly"] = False
+    assert not [m for m in config["mounts"] if m["destination"] in free]
+    return Bundle(path, config).write()
+
+
+def run_runc(tmp: Path, bundle: Bundle, cid: str) -> subprocess.CompletedProcess[str]:
+    """``runc run`` of ``bundle``, for the reference answers."""
+    import subprocess
+
+    return subprocess.run(
+        ["runc", "--root", str(tmp / "runc-state"), "run", "--bundle", str(bundle.path), cid],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def split_named(out: str) -> tuple[list[str], list[str]]:
+    """(the lines compared with runc, the ``name ...`` lines that differ by design)."""
+    lines = out.splitlines()
+    return [x for x in lines if not x.startswith("name ")], [
+        x for x in lines if x.startswith("name ")
+    ]

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Runner
-from tests.integration.test_files import PROBES, _bundle, _runc
+from tests.integration.helpers import run_runc
+from tests.integration.test_files import PROBES, _bundle
 from tests.unit.test_execcheck import (
     AARCH64_EXIT_42,
     EM_AARCH64,
@@ -103,7 +104,7 @@ def _run_both(
                 "--debug-log", str(log), "--strace", "run", "--bundle", str(b.path), "exec-probe"
             )
         else:
-            res = _runc(tmp_path, b, "exec-probe-runc")
+            res = run_runc(tmp_path, b, "exec-probe-runc")
         assert res.returncode == 0, res.stderr
         outputs.append(res.stdout)
     return outputs[0], outputs[1], log.read_text(errors="replace")

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Bundle, Runner, wait_for
+from tests.integration.helpers import run_runc
 from tests.integration.inside import mountinfo
 
 PROBES = Path(__file__).parent / "probes"
@@ -44,15 +45,6 @@ def files_probe(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return exe
 
 
-def _runc(tmp: Path, bundle: Bundle, cid: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["runc", "--root", str(tmp / "runc-state"), "run", "--bundle", str(bundle.path), cid],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-
-
 def test_path_calls_answer_as_the_kernel_does(
     runtime: Runner, busybox_rootfs: Path, tmp_path: Path, files_probe: Path
 ) -> None:
@@ -62,7 +54,7 @@ def test_path_calls_answer_as_the_kernel_does(
     assert res.returncode == 0, res.stderr
     theirs = _bundle(tmp_path, busybox_rootfs, "theirs", "/files-probe")
     shutil.copy(files_probe, theirs.rootfs / "files-probe")
-    ref = _runc(tmp_path, theirs, "files-probe-runc")
+    ref = run_runc(tmp_path, theirs, "files-probe-runc")
     assert ref.returncode == 0, ref.stderr
     mismatches = [
         (a, b)
@@ -230,7 +222,7 @@ def test_a_relative_path_follows_the_working_directory(
     assert res.stdout.split() == ["hi", "f"], time.monotonic() - start
 
 
-def _same_as_runc(
+def _same_asrun_runc(
     runtime: Runner,
     busybox_rootfs: Path,
     tmp_path: Path,
@@ -259,7 +251,7 @@ def _same_as_runc(
         if name == "ours":
             got = runtime("run", "--bundle", str(b.path), exe.name)
         else:
-            got = _runc(tmp_path, b, f"{exe.name}-runc")
+            got = run_runc(tmp_path, b, f"{exe.name}-runc")
         assert got.returncode == 0, got.stderr
         outputs.append(got.stdout)
     ours, theirs = outputs
@@ -277,7 +269,7 @@ def test_changed_credentials_are_judged_as_changed(
     # It keeps directory modes too (syscalls/lookup.py): a mode changed through
     # an fd by another process must count at the next lookup.
     caps = ["CAP_SETUID", "CAP_SETGID", "CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_CHOWN"]
-    ours = _same_as_runc(runtime, busybox_rootfs, tmp_path, "creds", lambda _default: caps)
+    ours = _same_asrun_runc(runtime, busybox_rootfs, tmp_path, "creds", lambda _default: caps)
     # the probe proves something only if the identities were really judged apart
     assert "thread as 1000 stat /locked/f = -1 EACCES" in ours
     assert "main after the thread stat /locked/f = 0" in ours
@@ -294,7 +286,7 @@ def test_a_chrooted_caller_gets_its_roots_paths(
     # are the new root's (the gofer serves it as a root of its own: ROOT), and
     # relative paths follow the working directory inside it. Before, an
     # absolute symlink in the new root led back to the container's root.
-    ours = _same_as_runc(
+    ours = _same_asrun_runc(
         runtime, busybox_rootfs, tmp_path, "chroot", lambda default: [*default, "CAP_SYS_CHROOT"]
     )
     assert "read /abs inside" in ours and "read /abs-out ENOENT" in ours

@@ -11,7 +11,6 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-import shutil
 import socket
 import struct
 import subprocess
@@ -27,6 +26,7 @@ from pysandbox.sentry.notify import Listener
 from pysandbox.syscalls.files import FileHandlers
 from pysandbox.syscalls.sockets import UnixSocketHandlers
 from tests.conftest import Bundle, Runner
+from tests.integration.helpers import compile_probe, probe_bundle, run_runc, split_named
 
 PROBE = r"""
 #define _GNU_SOURCE
@@ -339,47 +339,12 @@ int main(int argc, char **argv) {
 
 @pytest.fixture(scope="module")
 def bind_probe(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    src = tmp_path_factory.mktemp("probe") / "unix-bind.c"
-    src.write_text(PROBE)
-    exe = src.with_suffix("")
-    res = subprocess.run(
-        ["gcc", "-static", "-O1", "-Wall", "-pthread", "-o", str(exe), str(src)],
-        capture_output=True,
-        text=True,
-    )
-    assert res.returncode == 0, res.stderr
-    return exe
+    return compile_probe(tmp_path_factory.mktemp("probe"), PROBE, "unix-bind")
 
 
 def _bundle(tmp: Path, rootfs: Path, name: str, probe: Path, *argv: str) -> Bundle:
-    from pysandbox.oci.specgen import default_spec
-
-    path = tmp / name
-    path.mkdir()
-    shutil.copytree(rootfs, path / "rootfs", symlinks=True)
-    shutil.copy(probe, path / "rootfs" / "unix-bind")
-    config = default_spec(["/unix-bind", *argv], terminal=False)
-    config["root"]["readonly"] = False
-    # The probe's paths are in the root file system: no tmpfs at /tmp here.
-    assert not [m for m in config["mounts"] if m["destination"] in ("/tmp", "/run")]
-    return Bundle(path, config).write()
-
-
-def _runc(tmp: Path, bundle: Bundle, cid: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["runc", "--root", str(tmp / "runc-state"), "run", "--bundle", str(bundle.path), cid],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-
-
-def _split(out: str) -> tuple[list[str], list[str]]:
-    """(the lines compared with runc, the ``name ...`` lines)."""
-    lines = out.splitlines()
-    return [x for x in lines if not x.startswith("name ")], [
-        x for x in lines if x.startswith("name ")
-    ]
+    # The probe's paths are in the root file system: no tmpfs there.
+    return probe_bundle(tmp, rootfs, name, probe, *argv, free=("/tmp", "/run"))
 
 
 def test_bind_answers_as_the_kernel_does(
@@ -391,10 +356,10 @@ def test_bind_answers_as_the_kernel_does(
     res = runtime("--debug-log", f"{logs}/", "--strace", "run", "--bundle", str(ours.path), cid)
     assert res.returncode == 0, res.stdout + res.stderr
     theirs = _bundle(tmp_path, busybox_rootfs, "theirs", bind_probe)
-    ref = _runc(tmp_path, theirs, cid + "-runc")
+    ref = run_runc(tmp_path, theirs, cid + "-runc")
     assert ref.returncode == 0, ref.stderr
-    lines, names = _split(res.stdout)
-    ref_lines, ref_names = _split(ref.stdout)
+    lines, names = split_named(res.stdout)
+    ref_lines, ref_names = split_named(ref.stdout)
     mismatches = [(a, b) for a, b in zip(lines, ref_lines, strict=False) if a != b]
     assert not mismatches and lines == ref_lines, mismatches
     assert "bind-stream 0 -" in lines and "  /tmp/s1 sock 1 mode 755 uid 0 gid 0" in lines
@@ -448,7 +413,7 @@ def test_bind_as_a_user_is_judged_as_that_user(
         if name == "ours":
             res = runtime("run", "--bundle", str(bundle.path), cid)
         else:
-            res = _runc(tmp_path, bundle, cid + "-runc")
+            res = run_runc(tmp_path, bundle, cid + "-runc")
         assert res.returncode == 0, res.stdout + res.stderr
         outputs.append(res.stdout)
     assert outputs[0] == outputs[1]

@@ -9,14 +9,13 @@ shows which calls the gofer served and which the kernel kept."""
 from __future__ import annotations
 
 import os
-import shutil
 import socket
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import Bundle, Runner
+from tests.integration.helpers import compile_probe, probe_bundle, run_runc, split_named
 
 PROBE = r"""
 #define _GNU_SOURCE
@@ -233,45 +232,12 @@ int main(int argc, char **argv) {
 
 @pytest.fixture(scope="module")
 def connect_probe(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    src = tmp_path_factory.mktemp("probe") / "unix-connect.c"
-    src.write_text(PROBE)
-    exe = src.with_suffix("")
-    res = subprocess.run(
-        ["gcc", "-static", "-O1", "-Wall", "-pthread", "-o", str(exe), str(src)],
-        capture_output=True,
-        text=True,
-    )
-    assert res.returncode == 0, res.stderr
-    return exe
+    return compile_probe(tmp_path_factory.mktemp("probe"), PROBE, "unix-connect")
 
 
 def _bundle(tmp: Path, rootfs: Path, name: str, probe: Path, *argv: str) -> Bundle:
-    from pysandbox.oci.specgen import default_spec
-
-    path = tmp / name
-    path.mkdir()
-    shutil.copytree(rootfs, path / "rootfs", symlinks=True)
-    shutil.copy(probe, path / "rootfs" / "unix-connect")
-    config = default_spec(["/unix-connect", *argv], terminal=False)
-    config["root"]["readonly"] = False
-    assert not [m for m in config["mounts"] if m["destination"] in ("/tmp", "/srv")]
-    return Bundle(path, config).write()
-
-
-def _runc(tmp: Path, bundle: Bundle, cid: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["runc", "--root", str(tmp / "runc-state"), "run", "--bundle", str(bundle.path), cid],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-
-
-def _split(out: str) -> tuple[list[str], list[str]]:
-    lines = out.splitlines()
-    return [x for x in lines if not x.startswith("name ")], [
-        x for x in lines if x.startswith("name ")
-    ]
+    # The probe's paths are in the root file system: no tmpfs there.
+    return probe_bundle(tmp, rootfs, name, probe, *argv, free=("/tmp", "/srv"))
 
 
 def test_connect_answers_as_the_kernel_does(
@@ -283,10 +249,10 @@ def test_connect_answers_as_the_kernel_does(
     res = runtime("--debug-log", f"{logs}/", "--strace", "run", "--bundle", str(ours.path), cid)
     assert res.returncode == 0, res.stdout + res.stderr
     theirs = _bundle(tmp_path, busybox_rootfs, "theirs", connect_probe)
-    ref = _runc(tmp_path, theirs, cid + "-runc")
+    ref = run_runc(tmp_path, theirs, cid + "-runc")
     assert ref.returncode == 0, ref.stderr
-    lines, names = _split(res.stdout)
-    ref_lines, ref_names = _split(ref.stdout)
+    lines, names = split_named(res.stdout)
+    ref_lines, ref_names = split_named(ref.stdout)
     mismatches = [(a, b) for a, b in zip(lines, ref_lines, strict=False) if a != b]
     assert not mismatches and lines == ref_lines, mismatches
     for line in (
@@ -366,7 +332,7 @@ def test_connect_as_a_user_is_judged_as_that_user(
             # kernel as from the gofer); runc writes the image too.
             res = runtime("--overlay", "none", "run", "--bundle", str(bundle.path), cid)
         else:
-            res = _runc(tmp_path, bundle, cid + "-runc")
+            res = run_runc(tmp_path, bundle, cid + "-runc")
         assert res.returncode == 0, res.stdout + res.stderr
         outputs.append(res.stdout)
     for s in listeners:
