@@ -103,6 +103,55 @@ def pid_ns(pid: int) -> str:
 
 # --- C probes compared with runc ------------------------------------------------
 
+# What the AF_UNIX probes (test_unix_bind, test_unix_connect) begin with: headers,
+# T(name, expr) printing "name result errno-name", and sockaddr_un helpers.
+UNIX_SOCKET_PROBE_HEAD = r"""
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/time.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+static void show(const char *name, long r, int err) {
+    printf("%s %ld %s\n", name, r < 0 ? -1L : r, r < 0 ? strerrorname_np(err) : "-");
+}
+
+#define T(name, expr)           \
+    do {                        \
+        errno = 0;              \
+        long r_ = (long)(expr); \
+        show(name, r_, errno);  \
+    } while (0)
+
+static struct sockaddr_un sun_of(const char *path) {
+    struct sockaddr_un a;
+    memset(&a, 0, sizeof a);
+    a.sun_family = AF_UNIX;
+    strncpy(a.sun_path, path, sizeof a.sun_path);
+    return a;
+}
+
+static int bind_path(int s, const char *path) {
+    struct sockaddr_un a = sun_of(path);
+    return bind(s, (struct sockaddr *)&a, sizeof a);
+}
+
+static int connect_path(int c, const char *path) {
+    struct sockaddr_un a = sun_of(path);
+    return connect(c, (struct sockaddr *)&a, sizeof a);
+}
+
+"""
+
 
 def compile_probe(directory: Path, source: str, name: str) -> Path:
     """A static C probe (the busybox rootfs has no libc) built from ``source``."""
@@ -157,3 +206,44 @@ def split_named(out: str) -> tuple[list[str], list[str]]:
     return [x for x in lines if not x.startswith("name ")], [
         x for x in lines if x.startswith("name ")
     ]
+
+
+class ProbeRun:
+    """A probe run under pysandbox (with --strace) and under runc."""
+
+    def __init__(
+        self,
+        ours: Bundle,
+        theirs: Bundle,
+        lines: list[str],
+        names: list[str],
+        ref_names: list[str],
+        log: str,
+    ) -> None:
+        self.ours = ours  # the bundles, to look at what each wrote
+        self.theirs = theirs
+        self.lines = lines  # the lines both printed alike (checked)
+        self.names = names  # the "name ..." lines, which differ by design
+        self.ref_names = ref_names
+        self.log = log  # the sentry's log
+
+
+def probe_against_runc(
+    runtime: Runner, tmp: Path, rootfs: Path, probe: Path, cid: str, free: tuple[str, ...]
+) -> ProbeRun:
+    """Run ``probe`` under both runtimes; its lines but the ``name ...`` ones
+    must be runc's, line by line."""
+    ours = probe_bundle(tmp, rootfs, "ours", probe, free=free)
+    logs = tmp / "logs"
+    logs.mkdir()
+    res = runtime("--debug-log", f"{logs}/", "--strace", "run", "--bundle", str(ours.path), cid)
+    assert res.returncode == 0, res.stdout + res.stderr
+    theirs = probe_bundle(tmp, rootfs, "theirs", probe, free=free)
+    ref = run_runc(tmp, theirs, cid + "-runc")
+    assert ref.returncode == 0, ref.stderr
+    lines, names = split_named(res.stdout)
+    ref_lines, ref_names = split_named(ref.stdout)
+    mismatches = [(a, b) for a, b in zip(lines, ref_lines, strict=False) if a != b]
+    assert not mismatches and lines == ref_lines, mismatches
+    log = (logs / f"{cid}.sentry.log").read_text()
+    return ProbeRun(ours, theirs, lines, names, ref_names, log)

@@ -26,49 +26,18 @@ from pysandbox.sentry.notify import Listener
 from pysandbox.syscalls.files import FileHandlers
 from pysandbox.syscalls.sockets import UnixSocketHandlers
 from tests.conftest import Bundle, Runner
-from tests.integration.helpers import compile_probe, probe_bundle, run_runc, split_named
+from tests.integration.helpers import (
+    UNIX_SOCKET_PROBE_HEAD,
+    compile_probe,
+    probe_against_runc,
+    probe_bundle,
+    run_runc,
+)
 
-PROBE = r"""
-#define _GNU_SOURCE
-#include <errno.h>
-#include <fcntl.h>
-#include <pthread.h>
-#include <stddef.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/socket.h>
-#include <sys/stat.h>
-#include <sys/time.h>
-#include <sys/un.h>
-#include <sys/wait.h>
-#include <unistd.h>
-
+PROBE = (
+    UNIX_SOCKET_PROBE_HEAD
+    + r"""
 #define SUN_PATH offsetof(struct sockaddr_un, sun_path)
-
-static void show(const char *name, long r, int err) {
-    printf("%s %ld %s\n", name, r < 0 ? -1L : r, r < 0 ? strerrorname_np(err) : "-");
-}
-
-#define T(name, expr)           \
-    do {                        \
-        errno = 0;              \
-        long r_ = (long)(expr); \
-        show(name, r_, errno);  \
-    } while (0)
-
-static struct sockaddr_un sun_of(const char *path) {
-    struct sockaddr_un a;
-    memset(&a, 0, sizeof a);
-    a.sun_family = AF_UNIX;
-    strncpy(a.sun_path, path, sizeof a.sun_path);
-    return a;
-}
-
-static int bind_path(int s, const char *path) {
-    struct sockaddr_un a = sun_of(path);
-    return bind(s, (struct sockaddr *)&a, sizeof a);
-}
 
 static void stat_of(const char *path) {
     struct stat st;
@@ -93,11 +62,6 @@ static void name_of(const char *what, int s, int peer) {
         printf("name %s %s\n", what, strerrorname_np(errno));
     else
         printf("name %s %d %s\n", what, (int)len, a.sun_path[0] ? a.sun_path : "(none)");
-}
-
-static int connect_path(int c, const char *path) {
-    struct sockaddr_un a = sun_of(path);
-    return connect(c, (struct sockaddr *)&a, sizeof a);
 }
 
 static void *in_thread(void *arg) {
@@ -335,6 +299,7 @@ int main(int argc, char **argv) {
     return 0;
 }
 """
+)
 
 
 @pytest.fixture(scope="module")
@@ -350,18 +315,11 @@ def _bundle(tmp: Path, rootfs: Path, name: str, probe: Path, *argv: str) -> Bund
 def test_bind_answers_as_the_kernel_does(
     runtime: Runner, busybox_rootfs: Path, tmp_path: Path, bind_probe: Path, cid: str
 ) -> None:
-    ours = _bundle(tmp_path, busybox_rootfs, "ours", bind_probe)
-    logs = tmp_path / "logs"
-    logs.mkdir()
-    res = runtime("--debug-log", f"{logs}/", "--strace", "run", "--bundle", str(ours.path), cid)
-    assert res.returncode == 0, res.stdout + res.stderr
-    theirs = _bundle(tmp_path, busybox_rootfs, "theirs", bind_probe)
-    ref = run_runc(tmp_path, theirs, cid + "-runc")
-    assert ref.returncode == 0, ref.stderr
-    lines, names = split_named(res.stdout)
-    ref_lines, ref_names = split_named(ref.stdout)
-    mismatches = [(a, b) for a, b in zip(lines, ref_lines, strict=False) if a != b]
-    assert not mismatches and lines == ref_lines, mismatches
+    run = probe_against_runc(
+        runtime, tmp_path, busybox_rootfs, bind_probe, cid, free=("/tmp", "/run")
+    )
+    lines, names, ref_names, log = run.lines, run.names, run.ref_names, run.log
+    ours, theirs = run.ours, run.theirs
     assert "bind-stream 0 -" in lines and "  /tmp/s1 sock 1 mode 755 uid 0 gid 0" in lines
     # The socket files were made in the overlay, not in the bundle (runc's were).
     assert not (ours.rootfs / "tmp" / "s1").exists()
@@ -390,7 +348,6 @@ def test_bind_answers_as_the_kernel_does(
         "name dev-shm 13 /dev/shm/k",  # the kernel's own bind (a tmpfs)
     ]
     # and the sentry served them (the gofer made the files), or let the kernel
-    log = (logs / f"{cid}.sentry.log").read_text()
     assert "bind(3, {AF_UNIX, '/tmp/s1'}, 110) = 0" in log, log
     assert "bind(3, {AF_UNIX, '/tmp/s1b'}, 110) = -1 EINVAL" in log, log
     assert "{AF_UNIX, '/dev/shm/k'}, 110) = (continued in the kernel)" in log, log

@@ -15,51 +15,17 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Bundle, Runner
-from tests.integration.helpers import compile_probe, probe_bundle, run_runc, split_named
+from tests.integration.helpers import (
+    UNIX_SOCKET_PROBE_HEAD,
+    compile_probe,
+    probe_against_runc,
+    probe_bundle,
+    run_runc,
+)
 
-PROBE = r"""
-#define _GNU_SOURCE
-#include <errno.h>
-#include <fcntl.h>
-#include <pthread.h>
-#include <stddef.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/socket.h>
-#include <sys/stat.h>
-#include <sys/un.h>
-#include <unistd.h>
-
-static void show(const char *name, long r, int err) {
-    printf("%s %ld %s\n", name, r < 0 ? -1L : r, r < 0 ? strerrorname_np(err) : "-");
-}
-
-#define T(name, expr)           \
-    do {                        \
-        errno = 0;              \
-        long r_ = (long)(expr); \
-        show(name, r_, errno);  \
-    } while (0)
-
-static struct sockaddr_un sun_of(const char *path) {
-    struct sockaddr_un a;
-    memset(&a, 0, sizeof a);
-    a.sun_family = AF_UNIX;
-    strncpy(a.sun_path, path, sizeof a.sun_path);
-    return a;
-}
-
-static int bind_path(int s, const char *path) {
-    struct sockaddr_un a = sun_of(path);
-    return bind(s, (struct sockaddr *)&a, sizeof a);
-}
-
-static int connect_path(int c, const char *path) {
-    struct sockaddr_un a = sun_of(path);
-    return connect(c, (struct sockaddr *)&a, sizeof a);
-}
-
+PROBE = (
+    UNIX_SOCKET_PROBE_HEAD
+    + r"""
 static int listener(const char *path, int type, int backlog) {
     int s = socket(AF_UNIX, type, 0);
     if (bind_path(s, path) < 0) {
@@ -228,6 +194,7 @@ int main(int argc, char **argv) {
     return 0;
 }
 """
+)
 
 
 @pytest.fixture(scope="module")
@@ -243,18 +210,11 @@ def _bundle(tmp: Path, rootfs: Path, name: str, probe: Path, *argv: str) -> Bund
 def test_connect_answers_as_the_kernel_does(
     runtime: Runner, busybox_rootfs: Path, tmp_path: Path, connect_probe: Path, cid: str
 ) -> None:
-    ours = _bundle(tmp_path, busybox_rootfs, "ours", connect_probe)
-    logs = tmp_path / "logs"
-    logs.mkdir()
-    res = runtime("--debug-log", f"{logs}/", "--strace", "run", "--bundle", str(ours.path), cid)
-    assert res.returncode == 0, res.stdout + res.stderr
-    theirs = _bundle(tmp_path, busybox_rootfs, "theirs", connect_probe)
-    ref = run_runc(tmp_path, theirs, cid + "-runc")
-    assert ref.returncode == 0, ref.stderr
-    lines, names = split_named(res.stdout)
-    ref_lines, ref_names = split_named(ref.stdout)
-    mismatches = [(a, b) for a, b in zip(lines, ref_lines, strict=False) if a != b]
-    assert not mismatches and lines == ref_lines, mismatches
+    run = probe_against_runc(
+        runtime, tmp_path, busybox_rootfs, connect_probe, cid, free=("/tmp", "/srv")
+    )
+    lines, names, ref_names, log = run.lines, run.names, run.ref_names, run.log
+    ours, theirs = run.ours, run.theirs
     for line in (
         "connect 0 -",
         "connect-again -1 EISCONN",
@@ -287,7 +247,6 @@ def test_connect_answers_as_the_kernel_does(
     assert ref_names == ["name peercred-pid-is-ours 1", "name from /tmp/mine"]
     assert names == ["name peercred-pid-is-ours 0", "name from mine"]
     # The gofer served the paths of the root; the kernel kept the rest.
-    log = (logs / f"{cid}.sentry.log").read_text()
     assert "connect(4, {AF_UNIX, '/tmp/srv'}, 110) = 0" in log, log
     assert "{AF_UNIX, '/tmp/none'}, 110) = -1 ENOENT" in log, log
     assert "{AF_UNIX, '/dev/shm/k'}, 110) = (continued in the kernel)" in log, log
