@@ -20,8 +20,9 @@ What each file shows:
 * cpuinfo: the first N processor blocks, renumbered 0..N-1, where N is what
   the container may use: the cpuset's size, the quota rounded up, at most
   the host's count.
-* stat: the aggregate ``cpu`` line and ``cpu0``..``cpuN-1`` (the host's),
-  other lines unchanged.
+* stat: the aggregate ``cpu`` line and ``cpu0``..``cpuN-1`` (the host's);
+  procs_running and procs_blocked count the container's tasks (as
+  loadavg, below); other lines unchanged.
 * uptime: time since the sentry started (the container's creation), as
   gVisor reports the sandbox's uptime; idle time scaled to N CPUs.
 * /sys/devices/system/cpu/online: those N CPUs (glibc's get_nprocs, and so
@@ -281,13 +282,17 @@ def render_cpuinfo(host: str, ncpu: int) -> str:
     return "\n\n".join(out) + "\n\n"
 
 
-def render_stat(host: str, ncpu: int) -> str:
-    """/proc/stat with cpu0..cpu{ncpu-1} only (the aggregate line stays)."""
+def render_stat(host: str, ncpu: int, procs: tuple[int, int] | None = None) -> str:
+    """/proc/stat with cpu0..cpu{ncpu-1} only (the aggregate line stays);
+    ``procs``: the container's (running, blocked) tasks for procs_running and
+    procs_blocked, which are otherwise the host's."""
     out = []
     for line in host.splitlines():
         head = line.split(" ", 1)[0]
         if head[:3] == "cpu" and head[3:].isdigit() and int(head[3:]) >= ncpu:
             continue
+        if procs is not None and head in ("procs_running", "procs_blocked"):
+            line = f"{head} {procs[head == 'procs_blocked']}"
         out.append(line)
     return "\n".join(out) + "\n"
 
@@ -450,6 +455,7 @@ class ProcHandlers:
         self.host_proc = host_proc
         self.root_readonly = root_readonly
         self.tasks = tasks
+        self.load = load
         self.mount_tables = not any(_may_mask_mount_table(m) for m in masked)
         self.host_cpus = os.cpu_count() or 1
         # Read now: the confined sentry cannot read /sys/devices/system/cpu.
@@ -462,7 +468,7 @@ class ProcHandlers:
         self.renderers: dict[bytes, Callable[[int], str]] = {
             b"/proc/meminfo": lambda _reader: self.meminfo(),
             b"/proc/cpuinfo": lambda _reader: self.cpuinfo(),
-            b"/proc/stat": lambda _reader: self.stat(),
+            b"/proc/stat": self.stat,
             b"/proc/uptime": lambda _reader: self.uptime(),
             # glibc's get_nprocs (sysconf(_SC_NPROCESSORS_ONLN), Python's
             # os.cpu_count) counts this list
@@ -493,8 +499,12 @@ class ProcHandlers:
     def cpuinfo(self) -> str:
         return render_cpuinfo(self._host("cpuinfo"), self.view.cpus(self.host_cpus))
 
-    def stat(self) -> str:
-        return render_stat(self._host("stat"), self.view.cpus(self.host_cpus))
+    def stat(self, reader: int = 0) -> str:
+        procs = None
+        if self.load is not None:
+            now = self.load.census(reader)
+            procs = (now.running, now.active - now.running)
+        return render_stat(self._host("stat"), self.view.cpus(self.host_cpus), procs)
 
     def cpu_online(self) -> str:
         return format_cpu_list(self.view.cpu_ids(self.host_online)) + "\n"

@@ -220,11 +220,11 @@ def test_loadavg_is_the_containers(runtime: Runner, bundle: Bundle) -> None:
         "sh",
         "-c",
         "cat /proc/loadavg; (while :; do :; done) & (while :; do :; done) &"
-        " sleep 6; cat /proc/loadavg; uptime; kill %1 %2",
+        " sleep 6; cat /proc/loadavg; uptime; grep ^procs_ /proc/stat; kill %1 %2",
     )
     res = runtime("run", "--bundle", str(bundle.path), "procfs-loadavg")
     assert res.returncode == 0, res.stderr
-    first, second, uptime = res.stdout.splitlines()
+    first, second, uptime, procs_running, procs_blocked = res.stdout.splitlines()
     m = LOADAVG.match(first)
     assert m, first
     assert m.groups()[:3] == ("0.00", "0.00", "0.00")  # no sample yet
@@ -238,6 +238,8 @@ def test_loadavg_is_the_containers(runtime: Runner, bundle: Bundle) -> None:
     assert int(m.group(4)) >= 3  # the two loops and the reader
     assert f"load average: {one:.2f}" in uptime or "load average: 0." in uptime, uptime
     assert not uptime.endswith("0.00, 0.00, 0.00"), uptime
+    # /proc/stat's counts are the container's too: the two loops and grep
+    assert (procs_running, procs_blocked) == ("procs_running 3", "procs_blocked 0")
 
 
 def test_loadavg_without_the_sentry_is_the_hosts(runtime: Runner, bundle: Bundle) -> None:

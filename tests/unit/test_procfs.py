@@ -60,6 +60,18 @@ def test_cpuinfo_and_stat_keep_n_cpus() -> None:
     assert stat == ["cpu  1 2 3 4", "cpu0 1 0 0 0", "cpu1 0 2 0 0", "intr 5", "ctxt 6"]
 
 
+def test_stat_counts_the_containers_running_and_blocked_tasks() -> None:
+    host = STAT + "procs_running 57\nprocs_blocked 9\n"
+    assert procfs.render_stat(host, 2).splitlines()[-2:] == [
+        "procs_running 57",
+        "procs_blocked 9",
+    ]
+    assert procfs.render_stat(host, 2, (3, 1)).splitlines()[-2:] == [
+        "procs_running 3",
+        "procs_blocked 1",
+    ]
+
+
 def test_uptime_counts_from_the_container_start() -> None:
     up, idle = procfs.render_uptime("1000.00 1600.00\n", 990.0, 1000.0, 1, 2).split()
     assert up == "10.00"
