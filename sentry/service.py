@@ -326,8 +326,10 @@ def _main(
     if options.strace:
         strace = os.fdopen(os.dup(2), "w", buffering=1)
     view = ContainerView(dict(options.resource_files))
-    not_the_containers = {os.getpid()}  # the watchdog joins below
-    load = ContainerLoad(view.files.get("cgroup"), lambda: not_the_containers)
+    tasks = TaskTable()
+    tasks.exclude(os.getpid())
+    # in the container's cgroup, not the container's: the sentry, its watchdog
+    load = ContainerLoad(view.files.get("cgroup"), lambda: tasks.excluded)
     info = InfoConfig(
         hostname=options.hostname,
         domainname=options.domainname,
@@ -339,8 +341,6 @@ def _main(
         task_count=load.task_count,
         loads=load.sysinfo_loads,
     )
-    tasks = TaskTable()
-    tasks.exclude(os.getpid())
     proc = ProcHandlers(
         view,
         masked=options.masked_paths,
@@ -365,7 +365,6 @@ def _main(
     # sentry dies. Forked now, before init exists: it needs only the cgroup.
     watchdog = start_watchdog(options.cgroup_dir)
     tasks.exclude(watchdog)
-    not_the_containers.add(watchdog)
     write_watchdog(options.state_dir, watchdog)
     # Rule 3: the sentry confines itself before it serves anything (see
     # sentry/confine.py), and before init's listener arrives, so that init's

@@ -154,6 +154,11 @@ class TaskTable:
         self._depth[ns] = len(self.status(host_pid).nspid)
         self._excluded_visible = any(self._in_ns(p, ns) for p in self._excluded)
 
+    @property
+    def excluded(self) -> frozenset[int]:
+        """The processes never counted as the container's (:meth:`exclude`)."""
+        return frozenset(self._excluded)
+
     def exclude(self, host_pid: int) -> None:
         """Never count this process (any thread of it) as the container's: sentry, watchdog."""
         self._excluded.add(host_pid)

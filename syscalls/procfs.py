@@ -28,7 +28,6 @@ What each file shows:
 * /sys/devices/system/cpu/online: those N CPUs (glibc's get_nprocs, and so
   sysconf(_SC_NPROCESSORS_ONLN) and Python's os.cpu_count, count it);
   sched_getaffinity is cut the same way (syscalls/sched.py).
-
 * loadavg: the container's own load average (syscalls/loadavg.py), where
   the kernel's is the host's; sysinfo's loads are the same.
 
