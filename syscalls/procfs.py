@@ -463,15 +463,16 @@ class ProcHandlers:
                 self.host_online = cpu_list(f.read())
         except (OSError, ValueError):
             self.host_online = list(range(self.host_cpus))
-        # path -> the file's text for a reader (host tid)
+        # path -> the file's text as a reader (host tid) sees it; only the
+        # task counts depend on who reads (the reader is running)
         self.renderers: dict[bytes, Callable[[int], str]] = {
-            b"/proc/meminfo": lambda _reader: self.meminfo(),
-            b"/proc/cpuinfo": lambda _reader: self.cpuinfo(),
+            b"/proc/meminfo": self.meminfo,
+            b"/proc/cpuinfo": self.cpuinfo,
             b"/proc/stat": self.stat,
-            b"/proc/uptime": lambda _reader: self.uptime(),
+            b"/proc/uptime": self.uptime,
             # glibc's get_nprocs (sysconf(_SC_NPROCESSORS_ONLN), Python's
             # os.cpu_count) counts this list
-            b"/sys/devices/system/cpu/online": lambda _reader: self.cpu_online(),
+            b"/sys/devices/system/cpu/online": self.cpu_online,
         }
         if load is not None:
             self.renderers[b"/proc/loadavg"] = load.loadavg
@@ -489,13 +490,13 @@ class ProcHandlers:
         with open(os.path.join(self.host_proc, name), "rb") as f:
             return f.read().decode()
 
-    def meminfo(self) -> str:
+    def meminfo(self, reader: int = 0) -> str:
         v = self.view
         return render_meminfo(
             self._host("meminfo"), v.memory_limit(), v.memory_usage(), v.swap_limit()
         )
 
-    def cpuinfo(self) -> str:
+    def cpuinfo(self, reader: int = 0) -> str:
         return render_cpuinfo(self._host("cpuinfo"), self.view.cpus(self.host_cpus))
 
     def stat(self, reader: int = 0) -> str:
@@ -505,10 +506,10 @@ class ProcHandlers:
             procs = (now.running, now.active - now.running)
         return render_stat(self._host("stat"), self.view.cpus(self.host_cpus), procs)
 
-    def cpu_online(self) -> str:
+    def cpu_online(self, reader: int = 0) -> str:
         return format_cpu_list(self.view.cpu_ids(self.host_online)) + "\n"
 
-    def uptime(self) -> str:
+    def uptime(self, reader: int = 0) -> str:
         now = time.clock_gettime(time.CLOCK_BOOTTIME)
         ncpu = self.view.cpus(self.host_cpus)
         return render_uptime(self._host("uptime"), self.view.started, now, ncpu, self.host_cpus)

@@ -25,7 +25,7 @@ from pysandbox.sentry.loop import CONTINUE, Call, NotificationGone
 from pysandbox.sentry.notify import Listener
 from pysandbox.syscalls.files import FileHandlers
 from pysandbox.syscalls.sockets import UnixSocketHandlers
-from tests.conftest import Bundle, Runner
+from tests.conftest import Runner
 from tests.integration.helpers import (
     UNIX_SOCKET_PROBE_HEAD,
     compile_probe,
@@ -302,22 +302,19 @@ int main(int argc, char **argv) {
 )
 
 
+# The probe's paths are in the root file system: no mount there.
+FREE = ("/tmp", "/run")
+
+
 @pytest.fixture(scope="module")
 def bind_probe(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return compile_probe(tmp_path_factory.mktemp("probe"), PROBE, "unix-bind")
 
 
-def _bundle(tmp: Path, rootfs: Path, name: str, probe: Path, *argv: str) -> Bundle:
-    # The probe's paths are in the root file system: no tmpfs there.
-    return probe_bundle(tmp, rootfs, name, probe, *argv, free=("/tmp", "/run"))
-
-
 def test_bind_answers_as_the_kernel_does(
     runtime: Runner, busybox_rootfs: Path, tmp_path: Path, bind_probe: Path, cid: str
 ) -> None:
-    run = probe_against_runc(
-        runtime, tmp_path, busybox_rootfs, bind_probe, cid, free=("/tmp", "/run")
-    )
+    run = probe_against_runc(runtime, tmp_path, busybox_rootfs, bind_probe, cid, free=FREE)
     lines, names, ref_names, log = run.lines, run.names, run.ref_names, run.log
     ours, theirs = run.ours, run.theirs
     assert "bind-stream 0 -" in lines and "  /tmp/s1 sock 1 mode 755 uid 0 gid 0" in lines
@@ -358,7 +355,7 @@ def test_bind_as_a_user_is_judged_as_that_user(
 ) -> None:
     outputs = []
     for name in ("ours", "theirs"):
-        bundle = _bundle(tmp_path, busybox_rootfs, name, bind_probe, "user")
+        bundle = probe_bundle(tmp_path, busybox_rootfs, name, bind_probe, "user", free=FREE)
         bundle.config["process"]["user"] = {"uid": 1000, "gid": 1000}
         bundle.write()
         # a socket file of root's in /tmp (sticky): the user may not remove it

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Bundle, Runner
+from tests.conftest import Runner
 from tests.integration.helpers import (
     UNIX_SOCKET_PROBE_HEAD,
     compile_probe,
@@ -197,22 +197,19 @@ int main(int argc, char **argv) {
 )
 
 
+# The probe's paths are in the root file system: no mount there.
+FREE = ("/tmp", "/srv")
+
+
 @pytest.fixture(scope="module")
 def connect_probe(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return compile_probe(tmp_path_factory.mktemp("probe"), PROBE, "unix-connect")
 
 
-def _bundle(tmp: Path, rootfs: Path, name: str, probe: Path, *argv: str) -> Bundle:
-    # The probe's paths are in the root file system: no tmpfs there.
-    return probe_bundle(tmp, rootfs, name, probe, *argv, free=("/tmp", "/srv"))
-
-
 def test_connect_answers_as_the_kernel_does(
     runtime: Runner, busybox_rootfs: Path, tmp_path: Path, connect_probe: Path, cid: str
 ) -> None:
-    run = probe_against_runc(
-        runtime, tmp_path, busybox_rootfs, connect_probe, cid, free=("/tmp", "/srv")
-    )
+    run = probe_against_runc(runtime, tmp_path, busybox_rootfs, connect_probe, cid, free=FREE)
     lines, names, ref_names, log = run.lines, run.names, run.ref_names, run.log
     ours, theirs = run.ours, run.theirs
     for line in (
@@ -270,7 +267,7 @@ def test_connect_as_a_user_is_judged_as_that_user(
     outputs = []
     listeners = []
     for name in ("ours", "theirs"):
-        bundle = _bundle(tmp_path, busybox_rootfs, name, connect_probe, "user")
+        bundle = probe_bundle(tmp_path, busybox_rootfs, name, connect_probe, "user", free=FREE)
         bundle.config["process"]["user"] = {"uid": 1000, "gid": 1000}
         bundle.write()
         srv = bundle.rootfs / "srv"
@@ -314,7 +311,7 @@ def test_connect_never_leaves_the_root(
     host_dir.mkdir()
     canary = _listening(host_dir / "host.sock")
     canary.setblocking(False)
-    bundle = _bundle(tmp_path, busybox_rootfs, "ours", connect_probe, "escape")
+    bundle = probe_bundle(tmp_path, busybox_rootfs, "ours", connect_probe, "escape", free=FREE)
     up = "../" * (len(host_dir.parts) + 2)
     os.symlink(host_dir / "host.sock", bundle.rootfs / "esc-abs")
     os.symlink(up + str(host_dir / "host.sock").lstrip("/"), bundle.rootfs / "esc-rel")
