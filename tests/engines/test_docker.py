@@ -385,7 +385,7 @@ def test_twenty_in_parallel(docker: Dockerd) -> None:
     with ThreadPoolExecutor(20) as pool:
         results = list(pool.map(one, range(20)))
     failed = [(i, r.returncode, r.stderr) for i, r in enumerate(results) if r.returncode != 0]
-    assert not failed
+    assert not failed, "\n".join(f"{i}: rc {rc}: {err}" for i, rc, err in failed)
     assert [r.stdout for r in results] == [f"hello-{i}\n" for i in range(20)]
     assert docker("ps", "-aq").stdout == ""
     # the docker fixture then checks: no process, cgroup, state or mount remains
