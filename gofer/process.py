@@ -53,7 +53,7 @@ from pysandbox.sentry.confine import DEFAULT_ACTION, drop_capabilities, pivot_in
 from .client import GoferClient
 from .protocol import Credentials
 from .server import FILE_CAPABILITIES, Server
-from .walk import normalize_mounts
+from .walk import FILE_NAME, normalize_mounts
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -203,10 +203,18 @@ def _compile() -> bytes:
 
 
 class MountSource(NamedTuple):
-    """An extra directory the gofer serves (a bind mount of the container), as mount N."""
+    """An extra directory the gofer serves, as mount N: a host directory (the
+    tests), or a mount of the container (``path`` as the container names
+    it), served also as the part of mount 0 below ``point`` (gofer/walk.py).
+    ``file``: the mount is a single file (a bind of /etc/hosts), served in a
+    directory of the gofer's own. ``flags``: MS_* flags its bind keeps
+    (noexec, nosuid, the atime rule: gofer/mounts.py)."""
 
     path: str
     readonly: bool = False
+    point: str = ""
+    file: bool = False
+    flags: int = 0
 
 
 class Gofer:
@@ -291,9 +299,11 @@ def start(
     if mount_ns_of is not None:
         mnt_ns = os.open(f"/proc/{mount_ns_of}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
     else:
-        for path in (rootfs, *(m.path for m in mounts)):
+        for path in (rootfs, *(m.path for m in mounts if not m.file)):
             if not os.path.isdir(path):
                 raise NotADirectoryError(errno.ENOTDIR, "a gofer serves directories", path)
+    if not confine and any(m.file for m in mounts):
+        raise ValueError("a file mount needs the confined gofer's own root to be bound in")
     sources = [MountSource(rootfs, readonly), *mounts]
     try:
         bpf = compile_allowlist(cache_dir) if confine else b""
@@ -426,7 +436,7 @@ def _main(
             kernel.mount(None, "/", None, kernel.MS_REC | kernel.MS_PRIVATE)
             kernel.mount("proc", "/proc", "proc", kernel.MS_NOSUID | kernel.MS_NODEV, "subset=pid")
             if readonly_view:
-                _make_view_readonly(mnt_ns)
+                _make_view_readonly(mnt_ns, [m.point for m in sources[1:] if m.point])
             os.close(mnt_ns)
         if confine:
             roots = _confine(sources)
@@ -440,7 +450,14 @@ def _main(
         else:
             roots = [os.open(s.path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC) for s in sources]
             report = f"gofer: unconfined: root={sources[0].path}"
-        server = Server(sock, roots, log_fd=2, kernel_mounts=kernel_mounts, **server_options)
+        served = {
+            os.fsencode(m.point): (number, m.file)
+            for number, m in enumerate(sources)
+            if number and m.point
+        }
+        server = Server(
+            sock, roots, log_fd=2, kernel_mounts=kernel_mounts, served=served, **server_options
+        )
         if confine:
             kernel.seccomp_load_bpf(bpf)  # last: it forbids mount, capset's raise, prctl
     except BaseException as e:
@@ -464,16 +481,18 @@ def _scratch_dir() -> str:
     raise FileNotFoundError(errno.ENOENT, "no directory to build the gofer's root on")
 
 
-def _make_view_readonly(container_ns: int) -> None:
-    """Make the container's own mount of its root read-only, from inside its
-    namespace, and come back to ours: our copy's mounts are other mount
-    objects, they stay writable. Only the read-only attribute changes (its
-    nosuid/nodev/atime flags may be locked in a user namespace)."""
+def _make_view_readonly(container_ns: int, points: Sequence[str] = ()) -> None:
+    """Make the container's own mounts of its root and of ``points`` (the
+    mounts served besides it) read-only, from inside its namespace, and come
+    back to ours: our copy's mounts are other mount objects, they stay
+    writable. Only the read-only attribute changes (its nosuid/nodev/atime
+    flags may be locked in a user namespace)."""
     ours = os.open("/proc/self/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
     try:
         kernel.setns(container_ns, kernel.CLONE_NEWNS)
         try:
-            kernel.mount_setattr("/", kernel.MOUNT_ATTR_RDONLY)
+            for point in ("/", *points):
+                kernel.mount_setattr(point, kernel.MOUNT_ATTR_RDONLY)
         finally:
             kernel.setns(ours, kernel.CLONE_NEWNS)
     finally:
@@ -492,32 +511,41 @@ def _confine(sources: Sequence[MountSource]) -> list[int]:
     hidden = k.MS_NOSUID | k.MS_NODEV | k.MS_NOEXEC
     # Opened after the unshare (a bind source must be a mount of ours) and
     # before the tmpfs, which would hide a source under /tmp.
-    fds = [os.open(s.path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC) for s in sources]
+    fds = [
+        os.open(s.path, os.O_PATH | os.O_CLOEXEC | (0 if s.file else os.O_DIRECTORY))
+        for s in sources
+    ]
     try:
         k.mount(
             "gofer-root", new_root, "tmpfs", k.MS_NOSUID | k.MS_NODEV | k.MS_NOEXEC, "mode=0555"
         )
-        targets = ["/root", *(f"/mounts/{i}" for i in range(1, len(sources)))]
-        for source, fd, target in zip(sources, fds, targets, strict=True):
-            os.makedirs(new_root + target)
+        # A file mount is bound on FILE_NAME in a directory of its own, which
+        # stands for its root (gofer/walk.py, Walker.place).
+        dirs = ["/root", *(f"/mounts/{i}" for i in range(1, len(sources)))]
+        for source, fd, root in zip(sources, fds, dirs, strict=True):
+            os.makedirs(new_root + root, 0o555)
+            target = new_root + root
+            if source.file:
+                target += "/" + os.fsdecode(FILE_NAME)
+                os.close(os.open(target, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC, 0))
             try:
-                k.mount(f"/proc/self/fd/{fd}", new_root + target, None, k.MS_BIND)
+                k.mount(f"/proc/self/fd/{fd}", target, None, k.MS_BIND)
             except OSError as e:
                 if e.errno != errno.EINVAL:
                     raise
                 # A copy of a namespace owned by another user namespace (a
                 # container's, joined) has its mounts locked together: the root
                 # cannot be bound without what is mounted on it.
-                k.mount(f"/proc/self/fd/{fd}", new_root + target, None, k.MS_BIND | k.MS_REC)
-            flags = k.MS_REMOUNT | k.MS_BIND | k.MS_NODEV
-            k.mount(None, new_root + target, None, flags | (k.MS_RDONLY * source.readonly))
+                k.mount(f"/proc/self/fd/{fd}", target, None, k.MS_BIND | k.MS_REC)
+            flags = k.MS_REMOUNT | k.MS_BIND | k.MS_NODEV | source.flags
+            k.mount(None, target, None, flags | (k.MS_RDONLY * source.readonly))
     finally:
         for fd in fds:
             os.close(fd)
     os.mkdir(new_root + "/proc")
     k.mount("proc", new_root + "/proc", "proc", hidden | k.MS_RDONLY, "subset=pid")
     pivot_into(new_root)
-    roots = [os.open(t, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC) for t in targets]
+    roots = [os.open(t, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC) for t in dirs]
     for fd in roots:
         if not stat.S_ISDIR(os.fstat(fd).st_mode):
             raise NotADirectoryError(errno.ENOTDIR, "mount source is not a directory")

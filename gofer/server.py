@@ -113,11 +113,11 @@ from pysandbox.oci.kernel import (
 )
 
 from . import protocol as p
-from .walk import Walker, kernel_served
+from .walk import RESOLVE_ROOTFS, Walker, kernel_served
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Sequence
+    from collections.abc import Callable, Iterable, Mapping, Sequence
     from types import TracebackType
     from typing import Final
 
@@ -126,10 +126,8 @@ if TYPE_CHECKING:
 __all__ = ["FILE_CAPABILITIES", "CredentialSwitch", "Server"]
 
 _RESOLVE: Final = kernel.RESOLVE_IN_ROOT | kernel.RESOLVE_NO_MAGICLINKS
-# Mount 0, the container's root file system (gofer/walk.py): no symlink (the
-# walk follows them itself) and no other mount (those are the kernel's).
-_RESOLVE_ROOTFS: Final = _RESOLVE | kernel.RESOLVE_NO_SYMLINKS | kernel.RESOLVE_NO_XDEV
 _O_PATH: Final = os.O_PATH | os.O_CLOEXEC
+_SEARCH_WRITE: Final = kernel.AT_EACCESS | kernel.AT_EMPTY_PATH
 _O_TMPFILE: Final = p.O_TMPFILE
 # The status flags F_SETFL restores after the gofer's own O_NONBLOCK open.
 _SETFL_KEEP: Final = os.O_APPEND | os.O_DIRECT | os.O_NOATIME
@@ -291,13 +289,17 @@ class Server:
         log_fd: int = 2,
         restore_after_request: bool = False,
         kernel_mounts: Iterable[str | bytes] = (),
+        served: Mapping[bytes, tuple[int, bool]] | None = None,
     ) -> None:
         self.sock = sock
         self.roots = tuple(roots)
         self._given_roots = len(self.roots)  # later ones are op_root's, closed by close()
         # Resolution in mount 0, with the container's other mount points (as it
-        # names them): a path into one is answered KERNEL_SERVED (gofer/walk.py).
-        self.walker = Walker(self.roots[0], kernel_mounts)
+        # names them): a path into a served one (``served``: point -> (its mount
+        # number, whether it is a file)) goes on in that mount's root, a path
+        # into any other is answered KERNEL_SERVED (gofer/walk.py).
+        into = {point: (self.roots[n], file) for point, (n, file) in (served or {}).items()}
+        self.walker = Walker(self.roots[0], kernel_mounts, into)
         self.log_fd = log_fd
         self.restore_after_request = restore_after_request
         self.creds = CredentialSwitch()
@@ -422,12 +424,12 @@ class Server:
         try:
             if walker.plain(path):
                 try:
-                    return kernel.openat2_bytes(root, path, flags, mode, _RESOLVE_ROOTFS)
+                    return kernel.openat2_bytes(root, path, flags, mode, RESOLVE_ROOTFS)
                 except OSError as e:
                     if e.errno != errno.ELOOP:  # ELOOP: a symlink on the way, to walk
                         raise
-            where = walker.walk(path, follow)
-            return kernel.openat2_bytes(root, where, flags, mode, _RESOLVE_ROOTFS)
+            at, where, resolve = walker.place(walker.walk(path, follow))
+            return kernel.openat2_bytes(at, where, flags, mode, resolve)
         except OSError as e:
             if e.errno == errno.EXDEV:  # onto a mount: not the root's file system
                 raise kernel_served(path) from None
@@ -444,27 +446,61 @@ class Server:
     ) -> tuple[int, bytes]:
         """(O_PATH fd of the parent directory, last component) for an *at call.
         In mount 0 the parent is walked through symlinks and ``..``, and a
-        parent in a kernel mount, or a name that is a kernel mount point, is
-        KERNEL_SERVED (the kernel's EBUSY, EXDEV... are its own to give)."""
+        parent in a kernel mount, or a name that is a mount point, is
+        KERNEL_SERVED (the kernel's EEXIST, EINVAL... are its own to give)."""
+        fd, name, _mount, _point = self._parent_at(req, path, dot_err, root_err, dotdot_err)
+        return fd, name
+
+    def _parent_at(
+        self,
+        req: p.Request,
+        path: bytes,
+        dot_err: int,
+        root_err: int,
+        dotdot_err: int = 0,
+        points: bool = False,
+    ) -> tuple[int, bytes, int, bool]:
+        """:meth:`_parent`, and which mount the parent is in (its root's fd) and
+        whether the name is a mount point: with ``points``, a mount point is
+        the operation's to refuse (:meth:`_busy`), not the kernel's."""
         parent, name = _split(path, dot_err, root_err, dotdot_err)
         root = self.roots[req.mount]
         flags = _O_PATH | os.O_DIRECTORY
         if req.mount:
-            return kernel.openat2_bytes(root, parent, flags, 0, _RESOLVE), name
+            return kernel.openat2_bytes(root, parent, flags, 0, _RESOLVE), name, root, False
         walker = self.walker
         try:
             if walker.plain(path):  # the whole path: the name may be a mount point
                 try:
-                    return kernel.openat2_bytes(root, parent, flags, 0, _RESOLVE_ROOTFS), name
+                    fd = kernel.openat2_bytes(root, parent, flags, 0, RESOLVE_ROOTFS)
+                    return fd, name, root, False
                 except OSError as e:
                     if e.errno != errno.ELOOP:
                         raise
-            where = walker.walk_parent(path, parent, name)
-            return kernel.openat2_bytes(root, where, flags, 0, _RESOLVE_ROOTFS), name
+            where = walker.walk_parent(path, parent, name, points)
+            at, rel, resolve = walker.place(where)
+            fd = kernel.openat2_bytes(at, rel, flags, 0, resolve)
+            return fd, name, at, points and walker.names_point(where, name)
         except OSError as e:
             if e.errno == errno.EXDEV:
                 raise kernel_served(path) from None
             raise
+
+    def _busy(self, parent: int, name: bytes, op: int) -> None:
+        """Refuse to remove or rename the mount point ``name`` of ``parent`` as
+        Linux does (Linux checks in this order): EROFS or EACCES if the caller
+        may not change the directory (a rename checks the other one first),
+        EISDIR or ENOTDIR for the wrong kind of object (``op``: OP_UNLINK,
+        OP_RMDIR or OP_RENAME), else EBUSY."""
+        kernel.faccessat2(parent, b"", os.W_OK | os.X_OK, _SEARCH_WRITE)
+        if op != p.OP_RENAME:
+            st = os.stat(name.rstrip(b"/"), dir_fd=parent, follow_symlinks=False)
+            is_dir = stat.S_ISDIR(st.st_mode)
+            if op == p.OP_UNLINK and is_dir:
+                raise _err(errno.EISDIR)
+            if op == p.OP_RMDIR and not is_dir:
+                raise _err(errno.ENOTDIR)
+        raise _err(errno.EBUSY)
 
     # --- operations on an object ---------------------------------------------------
 
@@ -687,18 +723,24 @@ class Server:
         return b"", -1
 
     def op_unlink(self, req: p.Request) -> tuple[bytes, int]:
-        parent, name = self._parent(req, req.strings[0], errno.EISDIR, errno.EISDIR)
+        parent, name, _mount, point = self._parent_at(
+            req, req.strings[0], errno.EISDIR, errno.EISDIR, points=True
+        )
         try:
+            if point:
+                self._busy(parent, name, p.OP_UNLINK)
             os.unlink(name, dir_fd=parent)
         finally:
             os.close(parent)
         return b"", -1
 
     def op_rmdir(self, req: p.Request) -> tuple[bytes, int]:
-        parent, name = self._parent(
-            req, req.strings[0], errno.EINVAL, errno.EBUSY, dotdot_err=errno.ENOTEMPTY
+        parent, name, _mount, point = self._parent_at(
+            req, req.strings[0], errno.EINVAL, errno.EBUSY, errno.ENOTEMPTY, points=True
         )
         try:
+            if point:
+                self._busy(parent, name, p.OP_RMDIR)
             os.rmdir(name, dir_fd=parent)
         finally:
             os.close(parent)
@@ -706,10 +748,19 @@ class Server:
 
     def op_rename(self, req: p.Request) -> tuple[bytes, int]:
         old, new = req.strings
-        old_parent, old_name = self._parent(req, old, errno.EBUSY, errno.EBUSY)
+        old_parent, old_name, old_mount, old_point = self._parent_at(
+            req, old, errno.EBUSY, errno.EBUSY, points=True
+        )
         try:
-            new_parent, new_name = self._parent(req, new, errno.EBUSY, errno.EBUSY)
+            new_parent, new_name, new_mount, new_point = self._parent_at(
+                req, new, errno.EBUSY, errno.EBUSY, points=True
+            )
             try:
+                if old_point or new_point:
+                    if old_mount != new_mount:
+                        raise _err(errno.EXDEV)  # Linux looks at the mounts first
+                    kernel.faccessat2(new_parent, b"", os.W_OK | os.X_OK, _SEARCH_WRITE)
+                    self._busy(old_parent, old_name, p.OP_RENAME)
                 kernel.renameat2(old_parent, old_name, new_parent, new_name, req.args[0])
             finally:
                 os.close(new_parent)

@@ -65,10 +65,19 @@ from . import protocol as p
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable
+    from collections.abc import Callable, Iterable, Mapping
     from typing import Final
 
-__all__ = ["MAXSYMLINKS", "Walker", "kernel_served", "mount_prefix_matcher", "normalize_mounts"]
+__all__ = [
+    "FILE_NAME",
+    "FILE_RESOLVE",
+    "MAXSYMLINKS",
+    "RESOLVE_ROOTFS",
+    "Walker",
+    "kernel_served",
+    "mount_prefix_matcher",
+    "normalize_mounts",
+]
 
 _KNOWN_MAX: Final = 4096  # paths whose plain() answer is kept (then all are forgotten)
 MAXSYMLINKS: Final = 40  # the kernel's limit on the symlinks one lookup follows
@@ -78,6 +87,22 @@ _STEP_RESOLVE: Final = (
     kernel.RESOLVE_BENEATH | kernel.RESOLVE_NO_XDEV | kernel.RESOLVE_NO_MAGICLINKS
 )
 _UP_FLAGS: Final = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
+# The root file system and a served directory mount: no symlink (the walk
+# follows them itself) and no other mount (those are the kernel's, or other
+# served mounts the walk enters itself).
+RESOLVE_ROOTFS: Final = (
+    kernel.RESOLVE_IN_ROOT
+    | kernel.RESOLVE_NO_MAGICLINKS
+    | kernel.RESOLVE_NO_SYMLINKS
+    | kernel.RESOLVE_NO_XDEV
+)
+# A served file mount, bound on FILE_NAME in a directory of the gofer's own:
+# crossing onto that bind is the point, and a file leads nowhere further.
+FILE_NAME: Final = b"f"
+FILE_RESOLVE: Final = (
+    kernel.RESOLVE_BENEATH | kernel.RESOLVE_NO_MAGICLINKS | kernel.RESOLVE_NO_SYMLINKS
+)
+_SEARCH: Final = kernel.AT_EACCESS | kernel.AT_EMPTY_PATH
 _UP_RESOLVE: Final = (
     kernel.RESOLVE_IN_ROOT
     | kernel.RESOLVE_NO_SYMLINKS
@@ -134,15 +159,47 @@ def _components(path: bytes) -> tuple[list[bytes], bool]:
 
 class Walker:
     """Resolution in one root (an O_PATH fd of the container's root) with the
-    container's kernel mounts (absolute paths, as the container names them)."""
+    container's kernel mounts (absolute paths, as the container names them)
+    and the mounts the gofer serves besides the root (``served``: mount
+    point -> an O_PATH fd of the mount's root, whether it is a file mount;
+    a file mount's fd is a directory holding the file as :data:`FILE_NAME`)."""
 
-    __slots__ = ("_known", "_match", "mounts", "root")
+    __slots__ = ("_fixed", "_known", "_match", "mounts", "points", "root", "served")
 
-    def __init__(self, root: int, kernel_mounts: Iterable[str | bytes] = ()) -> None:
+    def __init__(
+        self,
+        root: int,
+        kernel_mounts: Iterable[str | bytes] = (),
+        served: Mapping[bytes, tuple[int, bool]] | None = None,
+    ) -> None:
         self.root = root
         self.mounts = normalize_mounts(kernel_mounts)
-        self._match = mount_prefix_matcher(self.mounts)
+        self.served: dict[bytes, tuple[int, bool]] = {}
+        for point, where in (served or {}).items():
+            (normal,) = normalize_mounts((point,))
+            self.served[normal] = where
+        self.points = self.mounts | frozenset(self.served)  # every mount point but the root
+        self._fixed = frozenset((root, *(fd for fd, _file in self.served.values())))
+        self._match = mount_prefix_matcher(self.points)
         self._known: dict[bytes, bool] = {}  # plain()'s answers, a pure function of the path
+
+    def place(self, where: bytes) -> tuple[int, bytes, int]:
+        """(an fd, a path below it, RESOLVE_* flags) for openat2 to reach the
+        canonical path ``where`` (a walk's answer): in the served mount it
+        lies in (the deepest whose point is a prefix), else in the root."""
+        served = self.served
+        if served:
+            probe = where.rstrip(b"/")
+            while probe:
+                mount = served.get(probe)
+                if mount is not None:
+                    fd, file = mount
+                    rest = where[len(probe) :]
+                    if file:
+                        return fd, FILE_NAME + rest, FILE_RESOLVE
+                    return fd, rest or b".", RESOLVE_ROOTFS
+                probe = probe[: probe.rfind(b"/")]
+        return self.root, where, RESOLVE_ROOTFS
 
     def plain(self, path: bytes) -> bool:
         """Whether ``path`` may take the fast path: no ``..`` component and no
@@ -172,19 +229,28 @@ class Walker:
         names, trailing = _components(path)
         return self._walk(path, names, trailing, follow)
 
-    def walk_parent(self, path: bytes, parent: bytes, name: bytes) -> bytes:
+    def walk_parent(
+        self, path: bytes, parent: bytes, name: bytes, points_ok: bool = False
+    ) -> bytes:
         """The canonical path of ``parent`` (followed: it must be a directory)
         for an operation on ``name`` in it, which is never followed (``name``
         may keep a trailing slash). KERNEL_SERVED when the parent is in a
-        kernel mount or the name is a kernel mount point itself."""
+        kernel mount, or the name is a mount point itself (unless
+        ``points_ok``: :meth:`names_point` then tells)."""
         where = self.walk(parent, True).rstrip(b"/")
-        if where + b"/" + name.rstrip(b"/") in self.mounts:
+        if not points_ok and self.names_point(where, name):
             raise kernel_served(path)
         return where or b"/"
+
+    def names_point(self, where: bytes, name: bytes) -> bool:
+        """Whether ``name`` in the canonical directory ``where`` is a mount point."""
+        return where.rstrip(b"/") + b"/" + name.rstrip(b"/") in self.points
 
     def _walk(self, path: bytes, todo: list[bytes], trailing: bool, follow: bool) -> bytes:
         root = self.root
         mounts = self.mounts
+        served = self.served
+        fixed = self._fixed  # the roots' fds: never closed here
         todo.reverse()  # a stack: the next component last
         cur = b""  # the canonical directory reached ("" is the root)
         dirfd = root  # an O_PATH fd of it
@@ -194,8 +260,8 @@ class Walker:
                 name = todo.pop()
                 last = not todo
                 if name == b"..":
-                    up = kernel.openat2_bytes(root, cur + b"/..", _UP_FLAGS, 0, _UP_RESOLVE)
-                    if dirfd != root:
+                    up = self._up(dirfd, cur)
+                    if dirfd not in fixed:
                         os.close(dirfd)
                     dirfd = up
                     cur = cur[: cur.rfind(b"/")]
@@ -203,6 +269,23 @@ class Walker:
                 child = cur + b"/" + name
                 if child in mounts:
                     raise kernel_served(path)
+                mount = served.get(child) if served else None
+                if mount is not None:
+                    # Onto a served mount: the name is looked up in dirfd, which
+                    # the caller must be able to search, as the kernel's walk asks.
+                    kernel.faccessat2(dirfd, b"", os.X_OK, _SEARCH)
+                    fd, file = mount
+                    if file:
+                        if not last:
+                            raise _err(errno.ENOTDIR, path)
+                        return child + b"/" if trailing else child
+                    if last and not (follow or trailing):
+                        return child
+                    if dirfd not in fixed:
+                        os.close(dirfd)
+                    dirfd = fd
+                    cur = child
+                    continue
                 if last:
                     if not (follow or trailing):
                         return child  # not followed: the operation itself judges it
@@ -224,7 +307,7 @@ class Walker:
                             raise
                         fd, target = _not_a_directory(dirfd, name, path)
                     if fd >= 0:
-                        if dirfd != root:
+                        if dirfd not in fixed:
                             os.close(dirfd)
                         dirfd = fd
                         cur = child
@@ -238,16 +321,28 @@ class Walker:
                 if last:  # the target's last component is the path's last now
                     trailing = trailing or target_trailing
                 if target.startswith(b"/"):
-                    if dirfd != root:
+                    if dirfd not in fixed:
                         os.close(dirfd)
                     dirfd = root
                     cur = b""
                 parts.reverse()
                 todo.extend(parts)
         finally:
-            if dirfd != root:
+            if dirfd not in fixed:
                 os.close(dirfd)
         return cur or b"/"
+
+    def _up(self, dirfd: int, cur: bytes) -> int:
+        """An O_PATH fd of the parent of the canonical directory ``cur`` (whose
+        fd is ``dirfd``; the root's parent is the root). The kernel checks
+        search permission on ``cur``, as its own ``..`` does, and nothing can
+        go above the root."""
+        if cur in self.served:  # a served mount's root: its parent is in another mount
+            kernel.faccessat2(dirfd, b"", os.X_OK, _SEARCH)
+            fd, rel, resolve = self.place(cur[: cur.rfind(b"/")] or b"/")
+            return kernel.openat2_bytes(fd, rel, _UP_FLAGS, 0, resolve)
+        fd, rel, _resolve = self.place(cur or b"/")
+        return kernel.openat2_bytes(fd, rel.rstrip(b"/") + b"/..", _UP_FLAGS, 0, _UP_RESOLVE)
 
 
 def _not_a_directory(dirfd: int, name: bytes, path: bytes) -> tuple[int, bytes]:

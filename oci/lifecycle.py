@@ -36,10 +36,11 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     import _socket
     import socket
+    from collections.abc import Sequence
     from typing import Any
 
     from pysandbox.oci.cgroups import CgroupManager
-    from pysandbox.oci.config import Hook, Spec
+    from pysandbox.oci.config import Hook, Mount, Spec
     from pysandbox.oci.overlay import Overlay
     from pysandbox.oci.spawn import Launched
     from pysandbox.policies.compiler import CompiledPolicy
@@ -347,7 +348,12 @@ class Runtime:
                 send_init_pid(sentry_sock, launched.pid)
                 if rootfs is not None:
                     self._start_gofer(
-                        state_dir, rec, launched.pid, sentry_sock, readonly=spec.root.readonly
+                        state_dir,
+                        rec,
+                        launched.pid,
+                        sentry_sock,
+                        readonly=spec.root.readonly,
+                        spec_mounts=spec.mounts,
                     )
         finally:
             os.close(fifo_fd)
@@ -425,15 +431,27 @@ class Runtime:
         sentry_sock: _socket.socket,
         *,
         readonly: bool,
+        spec_mounts: Sequence[Mount],
     ) -> None:
         """Start the container's gofer in init's finished mount namespace and hand
         it to the sentry. Init waits (for ``ack``) meanwhile, so the workload
-        runs nothing before the kernel's view of its root is read-only."""
+        runs nothing before the kernel's view of its root and of the other
+        mounts the gofer serves (gofer/mounts.py) is read-only."""
         from pysandbox.gofer import process as gofer_process
+        from pysandbox.gofer.mounts import mountinfo_mounts, plan_mounts
         from pysandbox.oci.state import cache_dir
         from pysandbox.sentry.service import debug_log_path, send_gofer
 
-        mounts = _mount_points(init_pid)
+        # init has pivoted: its mountinfo names the mounts as the container does
+        plan = plan_mounts(
+            mountinfo_mounts(f"/proc/{init_pid}/mountinfo"),
+            [m.destination for m in spec_mounts if m.type == "tmpfs"],
+            f"/proc/{init_pid}/root",
+        )
+        served = [
+            gofer_process.MountSource(m.point, m.readonly, m.point, m.file, m.flags)
+            for m in plan.served
+        ]
         log_fd = os.open(
             debug_log_path(self.debug_log, rec.id, state_dir),
             os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC,
@@ -443,8 +461,9 @@ class Runtime:
             gofer = gofer_process.start(
                 "/",
                 readonly=readonly,  # spec's root.readonly: the gofer writes nothing either
+                mounts=served,
                 mount_ns_of=init_pid,
-                kernel_mounts=mounts,
+                kernel_mounts=plan.kernel,
                 readonly_view=True,
                 log_fd=log_fd,
                 cache_dir=cache_dir(os.path.dirname(state_dir)),
@@ -457,7 +476,7 @@ class Runtime:
             rec.gofer_pid = gofer.pid
             rec.gofer_start = process_start_time(gofer.pid)
             self.store.save(rec, partial=True)
-            send_gofer(sentry_sock, gofer.sock, gofer.pid, mounts)
+            send_gofer(sentry_sock, gofer.sock, gofer.pid, plan)
         finally:
             gofer.sock.close()  # the sentry's copy is the only one: the gofer ends with it
 
@@ -930,19 +949,6 @@ def _import_gofer() -> None:
     thread importing beside it would hold the GIL for its 5 ms switch
     intervals while create has work to do."""
     import pysandbox.gofer.process  # noqa: F401
-
-
-def _mount_points(pid: int) -> list[str]:
-    """Every mount point of ``pid``'s mount namespace but its root, as the
-    container names them (init has pivoted: /proc/PID/mountinfo's paths are
-    relative to its root). The gofer serves the root; these the kernel."""
-    from pysandbox.oci.cgroups import mountinfo_entries
-
-    points: list[str] = []
-    for _root, point, _fstype, _options in mountinfo_entries(f"/proc/{pid}/mountinfo"):
-        if point != "/" and point not in points:
-            points.append(point)
-    return points
 
 
 def _kill_pinned(pid: int, start: int, pidfds: list[int]) -> None:

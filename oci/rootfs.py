@@ -437,7 +437,9 @@ def mask_path(path: str) -> None:
 
 
 def _norm(path: str) -> str:
-    return os.path.normpath("/" + path)
+    # normpath keeps exactly two leading slashes (POSIX leaves "//" to the
+    # system), so "/" + "/dev" would stay "//dev"
+    return os.path.normpath("/" + path.lstrip("/"))
 
 
 def _is_bind(m: Mount) -> bool:

@@ -46,6 +46,8 @@ if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping
     from typing import Final
 
+    from pysandbox.gofer.mounts import MountPlan
+
     from .loop import Call, Handler, Result
 
 __all__ = ["SENTRY_SOCKET", "build_routes", "passthrough", "start"]
@@ -204,15 +206,18 @@ def send_init_pid(sock: _socket.socket, pid: int) -> None:
     sock.send(b"P" + str(pid).encode())
 
 
-def send_gofer(
-    sock: _socket.socket, gofer: _socket.socket, pid: int, kernel_mounts: list[str]
-) -> None:
+def send_gofer(sock: _socket.socket, gofer: _socket.socket, pid: int, plan: MountPlan) -> None:
     """Hand the sentry its end of the container's gofer (after the init pid),
-    the gofer's host pid (the sentry keeps it on its own CPU) and the mount
-    points the kernel serves."""
+    the gofer's host pid (the sentry keeps it on its own CPU) and which
+    mounts the gofer serves (numbered from 1, in order) and which the kernel."""
     from pysandbox.oci import jsonio
 
-    msg = b"G" + jsonio.dumps({"pid": pid, "kernel_mounts": kernel_mounts}).encode()
+    about = {
+        "pid": pid,
+        "kernel_mounts": list(plan.kernel),
+        "served": [[m.point, m.file, m.readonly] for m in plan.served],
+    }
+    msg = b"G" + jsonio.dumps(about).encode()
     sock.sendmsg([msg], [(_SOL_SOCKET, _SCM_RIGHTS, gofer.fileno().to_bytes(4, "little"))])
 
 
@@ -399,6 +404,7 @@ def _main(
                 init_pid,
                 int(about["pid"]),
                 [str(m) for m in about["kernel_mounts"]],
+                [(str(p), bool(f), bool(ro)) for p, f, ro in about["served"]],
             )
             for extra in fds[1:]:
                 os.close(extra)

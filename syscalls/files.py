@@ -56,7 +56,7 @@ from collections.abc import Callable, Collection
 
 from pysandbox.gofer.client import GoferClient, KernelPath
 from pysandbox.gofer.protocol import O_TMPFILE, OPEN_FLAGS, Credentials, Stat, StatFS
-from pysandbox.gofer.walk import mount_prefix_matcher, normalize_mounts
+from pysandbox.gofer.walk import FILE_NAME, mount_prefix_matcher, normalize_mounts
 from pysandbox.oci import kernel as k
 from pysandbox.sentry.loop import CONTINUE, Call, Errno, Handler, InstallFd, Result
 
@@ -265,8 +265,9 @@ class FileHandlers:
         self.uids = IdMap()
         self.gids = IdMap()
         self.root_uid = 0  # host uid of the container's root (access(2)'s rule)
-        self.gofer_prefix = b"/"  # where the gofer's view of "/" is, as its fds say
-        self.gofer_mount = -1  # and its mount id
+        # Where the gofer's views of "/" and of the mounts it serves are, as its
+        # fds say: (that path, the container's mount point, the mount id).
+        self.gofer_views: list[tuple[bytes, bytes, int]] = []
         self.gofer_pid = 0
         # does a path begin with a mount point the kernel serves? (gofer/walk.py)
         self._kernel_mount_at: Callable[[bytes], object] | None = None
@@ -293,30 +294,59 @@ class FileHandlers:
         init_pid: int,
         gofer_pid: int = 0,
         kernel_mounts: list[str] | None = None,
+        served: list[tuple[str, bool, bool]] | None = None,
     ) -> None:
         """Serve through ``gofer`` from now on; ``kernel_mounts``: the container's
-        mount points other than its root (the kernel serves them)."""
+        mount points the kernel serves; ``served``: (mount point, whether it
+        is a file, whether it is read-only) of the mounts the gofer serves
+        besides the root, as its mounts 1.. (gofer/mounts.py)."""
         self.gofer_pid = gofer_pid
+        served = served or []
         mounts = normalize_mounts(kernel_mounts or ())
-        self._mounts = mounts
+        points = normalize_mounts(point for point, _file, _ro in served)
+        self._mounts = mounts | points  # every mount point but the root
         self._kernel_mount_at = mount_prefix_matcher(mounts)
         self.uids = IdMap.of(init_pid, "uid")
         self.gids = IdMap.of(init_pid, "gid")
         self.root_uid = self.uids.to_host(0)
         # Where the gofer's fds say they are: the kernel prints a path relative
         # to the root of the namespace the fd's mount lives in, and the gofer
-        # keeps the container's root at a directory of its own private root.
-        fd, _st = gofer.walk(b"/", cred=Credentials(0, 0, (), 1 << k.CAP_DAC_READ_SEARCH))
+        # keeps the container's root (and each mount it serves) at a directory
+        # of its own private root. A file mount's root is a directory of the
+        # gofer's holding the file (gofer/walk.py, FILE_NAME).
+        roots: list[int] = []
+        views: list[tuple[bytes, bytes, int]] = []
+        into: dict[bytes, tuple[int, bool]] = {}
         try:
-            self.gofer_prefix = os.readlink(f"/proc/self/fd/{fd}".encode())
-            self.gofer_mount = _mount_id(k.statx(fd, b"", k.AT_EMPTY_PATH, _STATX_MNT_ID))
+            for number, (point, file) in enumerate(
+                [(b"/", False), *((os.fsencode(p), f) for p, f, _ro in served)]
+            ):
+                fd, _st = gofer.walk(b"/", cred=_ROOT_WALKER, mount=number)
+                roots.append(fd)
+                if file:
+                    into[point] = (fd, True)
+                    seen, _st = gofer.walk(FILE_NAME, cred=_ROOT_WALKER, mount=number)
+                else:
+                    if number:
+                        into[point] = (fd, False)
+                    seen = os.dup(fd)
+                try:
+                    prefix = os.readlink(f"/proc/self/fd/{seen}".encode())
+                    mount_id = _mount_id(k.statx(seen, b"", k.AT_EMPTY_PATH, _STATX_MNT_ID))
+                finally:
+                    os.close(seen)
+                views.append((prefix, point, mount_id))
         except BaseException:
-            os.close(fd)
+            for fd in roots:
+                os.close(fd)
             raise
+        self.gofer_views = views
+        if self.proc is not None:
+            self.proc.writable_mounts |= {p for p, _file, ro in served if not ro}
         # The sentry's own lookups walk the gofer's view of the root (the same
-        # files as the container's, see syscalls/lookup.py), keeping this fd.
+        # files as the container's, see syscalls/lookup.py), keeping these fds.
         userns = bool(self.uids.ranges or self.gids.ranges)
-        self.lookup = Lookup(fd, mounts, self._mapped if userns else None)
+        self.lookup = Lookup(roots[0], mounts, self._mapped if userns else None, served=into)
         self.gofer = gofer
 
     def use_routing(self, routed: Collection[int]) -> None:
@@ -551,12 +581,13 @@ class FileHandlers:
         """A directory the gofer opened (the workload's fd, or the cwd it
         fchdir'd to) is printed from the gofer's root; its mount id says so
         (the container may have a directory of the same name itself)."""
-        prefix = self.gofer_prefix
-        if base != prefix and not base.startswith(prefix + b"/"):
-            return base
-        if _mount_id(k.statx(k.AT_FDCWD, link.encode(), 0, _STATX_MNT_ID)) != self.gofer_mount:
-            return base
-        return base[len(prefix) :] or b"/"
+        for prefix, point, mount_id in self.gofer_views:
+            if base != prefix and not base.startswith(prefix + b"/"):
+                continue
+            if _mount_id(k.statx(k.AT_FDCWD, link.encode(), 0, _STATX_MNT_ID)) != mount_id:
+                continue
+            return point.rstrip(b"/") + base[len(prefix) :] or b"/"
+        return base
 
     def _cred(self, creds: Creds) -> Credentials:
         return Credentials(creds.fsuid, creds.fsgid, creds.groups, creds.cap_effective)

@@ -74,6 +74,7 @@ import struct
 from collections.abc import Callable
 
 from pysandbox.gofer.client import KernelPath
+from pysandbox.gofer.walk import FILE_NAME
 from pysandbox.oci import kernel
 
 from .creds import fd_limit
@@ -144,8 +145,13 @@ class Lookup:
         mounts: frozenset[bytes],
         mapped: Callable[[int, int], bool] | None = None,
         watch_after: int = _WATCH_AFTER,
+        served: dict[bytes, tuple[int, bool]] | None = None,
     ) -> None:
         self.root = root
+        # The mounts the gofer serves besides the root: point -> (an O_PATH fd
+        # of its root, whether it is a file mount, whose fd is a directory of
+        # the gofer's holding the file as FILE_NAME). Walks enter them.
+        self.served = served or {}
         self.watch_after = watch_after  # walks before the first watch
         # Directory fds at most: a quarter of what the fd limit leaves room for,
         # so the cache never makes the sentry's other opens fail with EMFILE.
@@ -187,6 +193,9 @@ class Lookup:
 
     def close(self) -> None:
         self.invalidate()
+        for fd, _file in self.served.values():
+            os.close(fd)
+        self.served = {}
         if self._notify >= 0:
             os.close(self._notify)
             self._notify = -1
@@ -253,6 +262,7 @@ class Lookup:
         todo = names[::-1]  # a stack: the next component last
         dirs = self._dirs
         mounts = self.mounts
+        served = self.served
         canon = b""  # the canonical directory reached ("" is the root)
         dirfd = self.root
         back: list[tuple[bytes, int]] = []  # where ".." goes: the directories walked through
@@ -268,6 +278,16 @@ class Lookup:
             child = canon + b"/" + name
             if child in mounts:
                 raise KernelPath(path)
+            mount = served.get(child) if served else None
+            if mount is not None:  # onto a mount the gofer serves: its root
+                root, file = mount
+                if file:  # a file: it must be the last component
+                    if not last or trailing:
+                        raise _err(errno.ENOTDIR, path)
+                    return root, FILE_NAME, os.stat(FILE_NAME, dir_fd=root, follow_symlinks=False)
+                back.append((canon, dirfd))
+                canon, dirfd = child, root
+                continue
             fd = dirs.get(child)
             if fd is None:
                 if last and not trailing:

@@ -74,7 +74,7 @@ import math
 import os
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 
 from pysandbox.oci import kernel
 from pysandbox.sentry.loop import CONTINUE, Call, Errno, Handler, InstallFd, Result
@@ -340,55 +340,73 @@ def _mountinfo_fields(line: str) -> tuple[list[str], int] | None:
 def root_superblock_readonly(mountinfo: str) -> bool:
     """Is the super block of the root mount (mount point ``/``) read-only?
     True when the text has no such line (nothing to rewrite then)."""
-    readonly = True
+    return "/" in readonly_superblocks(mountinfo) or not any(
+        parsed is not None and parsed[0][4] == "/"
+        for parsed in map(_mountinfo_fields, mountinfo.splitlines())
+    )
+
+
+def readonly_superblocks(mountinfo: str) -> set[str]:
+    """The mount points (as mountinfo writes them) whose super block is
+    read-only: the mount, not the kernel's view, is then what says ``ro``."""
+    points = set()
     for line in mountinfo.splitlines():
         parsed = _mountinfo_fields(line)
-        if parsed is not None and parsed[0][4] == "/":
+        if parsed is not None:
             fields, sep = parsed
-            readonly = fields[sep + 3].split(",", 1)[0] == "ro"
-    return readonly
+            if fields[sep + 3].split(",", 1)[0] == "ro":
+                points.add(fields[4])
+            else:
+                points.discard(fields[4])  # mounted over by a writable one
+    return points
 
 
-def render_mountinfo(host: str, root_writable: bool) -> str:
+def render_mountinfo(host: str, root_writable: bool, writable: Collection[str] = ()) -> str:
     """/proc/<tid>/mountinfo as the container should see it: the line of
     ``/`` says ``rw`` (if ``root_writable`` and its super block is not
-    read-only itself), has root ``/`` and no overlay internals; every other
-    line is the kernel's."""
+    read-only itself), has root ``/`` and no overlay internals; the lines of
+    the mount points in ``writable`` (the other mounts the gofer serves and
+    the workload may write) say ``rw`` on the same terms; every other line
+    is the kernel's."""
     out = []
     for line in host.splitlines():
         parsed = _mountinfo_fields(line)
-        if parsed is None or parsed[0][4] != "/":
+        point = "" if parsed is None else parsed[0][4]
+        if parsed is None or (point != "/" and point not in writable):
             out.append(line)
             continue
         fields, sep = parsed
         fstype, super_options = fields[sep + 1], fields[sep + 3]
         options = fields[5].split(",")
-        if root_writable and options[0] == "ro" and super_options.split(",", 1)[0] != "ro":
+        rw = root_writable if point == "/" else True
+        if rw and options[0] == "ro" and super_options.split(",", 1)[0] != "ro":
             options[0] = "rw"
         fields[5] = ",".join(options)
-        fields[3] = "/"  # a bind's root is the bundle's host path
-        if fstype in _LAYERED_FS:
-            fields[sep + 3] = _keep_options(super_options, _SB_OPTIONS)
+        if point == "/":
+            fields[3] = "/"  # a bind's root is the bundle's host path
+            if fstype in _LAYERED_FS:
+                fields[sep + 3] = _keep_options(super_options, _SB_OPTIONS)
         out.append(" ".join(fields))
     return "".join(line + "\n" for line in out)
 
 
-def render_mounts(host: str, root_writable: bool) -> str:
+def render_mounts(host: str, root_writable: bool, writable: Collection[str] = ()) -> str:
     """/proc/<tid>/mounts with the line of ``/`` rewritten as in
-    :func:`render_mountinfo`. This format cannot tell a read-only super block
-    from a read-only mount: the caller passes ``root_writable`` False for
-    one (:func:`root_superblock_readonly`)."""
+    :func:`render_mountinfo`, and the lines of ``writable`` saying ``rw``.
+    This format cannot tell a read-only super block from a read-only mount:
+    the caller passes ``root_writable`` False for one, and leaves such
+    points out of ``writable`` (:func:`readonly_superblocks`)."""
     out = []
     for line in host.splitlines():
         fields = line.split(" ")
-        if len(fields) != 6 or fields[1] != "/":
+        if len(fields) != 6 or (fields[1] != "/" and fields[1] not in writable):
             out.append(line)
             continue
         options = fields[3].split(",")
-        if root_writable and options[0] == "ro":
+        if (root_writable if fields[1] == "/" else True) and options[0] == "ro":
             options[0] = "rw"
         fields[3] = ",".join(options)
-        if fields[2] in _LAYERED_FS:
+        if fields[1] == "/" and fields[2] in _LAYERED_FS:
             fields[3] = _keep_options(fields[3], _SB_OPTIONS | _MNT_OPTIONS)
         out.append(" ".join(fields))
     return "".join(line + "\n" for line in out)
@@ -453,6 +471,9 @@ class ProcHandlers:
         self.view = view
         self.host_proc = host_proc
         self.root_readonly = root_readonly
+        # The other mounts the workload may write (through the gofer), whose
+        # kernel view is read-only too: told by FileHandlers.attach.
+        self.writable_mounts: frozenset[str] = frozenset()
         self.tasks = tasks
         self.load = load
         self.mount_tables = not any(_may_mask_mount_table(m) for m in masked)
@@ -582,14 +603,17 @@ class ProcHandlers:
         if task is None:
             return None  # not the container's task, or no such one: the kernel's answer
         writable = not self.root_readonly
+        others = self.writable_mounts
         try:
             text = self._host_text(f"{task}/{kind.decode()}")
             if kind == b"mountinfo":
-                data = render_mountinfo(text, writable)
+                data = render_mountinfo(text, writable, others)
             else:
-                if writable:
-                    writable = not root_superblock_readonly(self._host_text(f"{task}/mountinfo"))
-                data = render_mounts(text, writable)
+                if writable or others:
+                    info = self._host_text(f"{task}/mountinfo")
+                    writable = writable and not root_superblock_readonly(info)
+                    others = others - readonly_superblocks(info)
+                data = render_mounts(text, writable, others)
         except OSError as e:
             # the kernel's own answer for that task (gone: ENOENT; exited: EINVAL)
             call.verify()

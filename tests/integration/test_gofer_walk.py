@@ -440,18 +440,26 @@ KERNEL_CHANGES: list[tuple[str, tuple[object, ...]]] = [
     ("mkdir", ("/proc/x", 0o755)),
     ("mkdir", ("/x/new", 0o755)),
     ("mkdir", ("/dev/pts/", 0o755)),
-    ("unlink", ("/etc/hosts",)),
     ("unlink", ("/hosts_link/x",)),
-    ("rmdir", ("/dev/pts",)),
-    ("rmdir", ("/etc/../proc/",)),
-    ("rename", ("/etc/hosts", "/h2")),
-    ("rename", ("/etc/passwd", "/etc/hosts")),
     ("link", ("/etc/passwd", "/dev/pts/l")),
     ("symlink", ("t", "/x/l")),
     ("mknod", ("/dev/fd/fifo", stat.S_IFIFO | 0o600)),
     ("open", ("/mounts_abs", os.O_CREAT | os.O_WRONLY, 0o600)),
     ("open", ("/x/new", os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)),
     ("bind", ("/proc/sock",)),
+]
+
+
+# Removing or renaming a mount point: Linux's EBUSY (the parent is writable),
+# EISDIR or ENOTDIR for the wrong kind, answered by the gofer itself.
+MOUNT_POINT_CHANGES: list[tuple[str, tuple[Any, ...], int]] = [
+    ("unlink", ("/etc/hosts",), errno.EBUSY),
+    ("rmdir", ("/etc/hosts",), errno.ENOTDIR),
+    ("unlink", ("/dev/pts",), errno.EISDIR),
+    ("rmdir", ("/dev/pts",), errno.EBUSY),
+    ("rmdir", ("/etc/../proc/",), errno.EBUSY),
+    ("rename", ("/etc/hosts", "/h2"), errno.EBUSY),
+    ("rename", ("/etc/passwd", "/etc/hosts"), errno.EBUSY),
 ]
 
 
@@ -466,6 +474,11 @@ def test_changes_match_the_kernel(gofer: Gofer, tmp_path: Path) -> None:
             fd = getattr(c, name)(*args)
             if isinstance(fd, int):
                 os.close(fd)
+        assert snapshot(root) == before, (name, args)
+    for name, args, err in MOUNT_POINT_CHANGES:
+        with pytest.raises(OSError) as caught:
+            getattr(c, name)(*args)
+        assert caught.value.errno == err, (name, args)
         assert snapshot(root) == before, (name, args)
 
     got: list[int] = []
