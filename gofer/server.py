@@ -128,6 +128,7 @@ __all__ = ["FILE_CAPABILITIES", "CredentialSwitch", "Server"]
 _RESOLVE: Final = kernel.RESOLVE_IN_ROOT | kernel.RESOLVE_NO_MAGICLINKS
 _O_PATH: Final = os.O_PATH | os.O_CLOEXEC
 _SEARCH_WRITE: Final = kernel.AT_EACCESS | kernel.AT_EMPTY_PATH
+_O_DIR: Final = _O_PATH | os.O_DIRECTORY
 _O_TMPFILE: Final = p.O_TMPFILE
 # The status flags F_SETFL restores after the gofer's own O_NONBLOCK open.
 _SETFL_KEEP: Final = os.O_APPEND | os.O_DIRECT | os.O_NOATIME
@@ -428,12 +429,27 @@ class Server:
                 except OSError as e:
                     if e.errno != errno.ELOOP:  # ELOOP: a symlink on the way, to walk
                         raise
+            fast = walker.into_served(path)
+            if fast is not None:
+                try:
+                    return self._open_served(fast, flags, mode)
+                except OSError as e:
+                    if e.errno != errno.ELOOP:
+                        raise
             at, where, resolve = walker.place(walker.walk(path, follow))
             return kernel.openat2_bytes(at, where, flags, mode, resolve)
         except OSError as e:
             if e.errno == errno.EXDEV:  # onto a mount: not the root's file system
                 raise kernel_served(path) from None
             raise
+
+    def _open_served(self, fast: tuple[int, bytes, bytes, int], flags: int, mode: int) -> int:
+        """openat2 along :meth:`Walker.into_served`'s fast path: search permission
+        on the directories above the mount point (one lookup in the root), then
+        the path in the mount. ELOOP: a symlink on the way, to walk."""
+        fd, rel, above, resolve = fast
+        os.close(kernel.openat2_bytes(self.walker.root, above, _O_DIR, 0, RESOLVE_ROOTFS))
+        return kernel.openat2_bytes(fd, rel, flags, mode, resolve)
 
     def _resolve(self, req: p.Request, path: bytes, nofollow: bool = False, flags: int = 0) -> int:
         """An O_PATH fd of ``path`` inside the request's mount root."""
@@ -474,6 +490,13 @@ class Server:
                 try:
                     fd = kernel.openat2_bytes(root, parent, flags, 0, RESOLVE_ROOTFS)
                     return fd, name, root, False
+                except OSError as e:
+                    if e.errno != errno.ELOOP:
+                        raise
+            fast = walker.into_served(parent) if parent[:1] == b"/" else None
+            if fast is not None and not walker.names_point(parent, name):
+                try:
+                    return self._open_served(fast, flags, 0), name, fast[0], False
                 except OSError as e:
                     if e.errno != errno.ELOOP:
                         raise

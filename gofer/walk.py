@@ -164,7 +164,18 @@ class Walker:
     point -> an O_PATH fd of the mount's root, whether it is a file mount;
     a file mount's fd is a directory holding the file as :data:`FILE_NAME`)."""
 
-    __slots__ = ("_fixed", "_known", "_match", "mounts", "points", "root", "served")
+    __slots__ = (
+        "_fast",
+        "_fixed",
+        "_kernel_match",
+        "_known",
+        "_match",
+        "_top",
+        "mounts",
+        "points",
+        "root",
+        "served",
+    )
 
     def __init__(
         self,
@@ -181,7 +192,13 @@ class Walker:
         self.points = self.mounts | frozenset(self.served)  # every mount point but the root
         self._fixed = frozenset((root, *(fd for fd, _file in self.served.values())))
         self._match = mount_prefix_matcher(self.points)
+        self._kernel_match = mount_prefix_matcher(self.mounts)
+        # served mounts with no other mount above them (into_served's fast path)
+        self._top = frozenset(
+            q for q in self.served if not any(q.startswith(m + b"/") for m in self.points)
+        )
         self._known: dict[bytes, bool] = {}  # plain()'s answers, a pure function of the path
+        self._fast: dict[bytes, tuple[int, bytes, bytes, int] | None] = {}  # into_served()'s
 
     def place(self, where: bytes) -> tuple[int, bytes, int]:
         """(an fd, a path below it, RESOLVE_* flags) for openat2 to reach the
@@ -217,6 +234,45 @@ class Walker:
         if len(self._known) >= _KNOWN_MAX:
             self._known.clear()
         self._known[path] = answer
+        return answer
+
+    def into_served(self, path: bytes) -> tuple[int, bytes, bytes, int] | None:
+        """The fast path into a served mount, for an absolute path written
+        plainly (no ``//``, ``/./``, ``..``, trailing ``/`` or ``/.``) into a
+        served mount that has no other mount above it, with no other mount
+        on its way: (the mount's fd, the path below it, a path of the root
+        whose lookup checks search permission on the directories above the
+        mount point, the RESOLVE_* flags); None when the path must be walked.
+        No syscall; answers are kept, as :meth:`plain`'s."""
+        if not self.served:
+            return None
+        if path in self._fast:
+            return self._fast[path]
+        answer = None
+        if (
+            path[:1] == b"/"
+            and b"//" not in path
+            and b"/./" not in path
+            and not path.endswith((b"/", b"/."))
+            and b".." not in path.split(b"/")
+        ):
+            within = [q for q in self.served if path == q or path.startswith(q + b"/")]
+            kernel_match = self._kernel_match
+            if (
+                len(within) == 1
+                and within[0] in self._top
+                and (kernel_match is None or kernel_match(path) is None)
+            ):
+                point = within[0]
+                fd, file = self.served[point]
+                rest = path[len(point) :]
+                if not file:
+                    answer = (fd, rest or b".", point[: point.rfind(b"/")] + b"/.", RESOLVE_ROOTFS)
+                elif not rest:
+                    answer = (fd, FILE_NAME, point[: point.rfind(b"/")] + b"/.", FILE_RESOLVE)
+        if len(self._fast) >= _KNOWN_MAX:
+            self._fast.clear()
+        self._fast[path] = answer
         return answer
 
     def walk(self, path: bytes, follow: bool) -> bytes:

@@ -169,3 +169,118 @@ def test_a_bind_at_dev_gets_no_device_nodes(
         assert res.returncode == 0, res.stderr
         listings.append((res.stdout.split(), sorted(os.listdir(dev))))
     assert listings[0] == listings[1] == (["mine", "null"], ["mine", "null"])
+
+
+def _options(mountinfo: str, point: str) -> list[str]:
+    """The per-mount options of the (last) line of ``point``."""
+    lines = [x.split(" ") for x in mountinfo.splitlines() if x.split(" ")[4] == point]
+    assert lines, (point, mountinfo)
+    return lines[-1][5].split(",")
+
+
+def test_the_kernels_view_of_a_bind_is_read_only(
+    runtime: Runner, bundle: Bundle, cid: str, tmp_path: Path
+) -> None:
+    """The workload writes its volumes through the gofer alone: the kernel's own
+    mount of each served bind is read-only in the container's namespace, the
+    container's mount table still says what config.json asked for, and a
+    write through the gofer lands in the host's directory."""
+    vols = Volumes(tmp_path / "vols")
+    _bundle_with(bundle, vols, "").args("sleep", "30").write()
+    assert runtime("run", "-d", "--bundle", str(bundle.path), cid).returncode == 0
+    try:
+        pid = int(runtime.state(cid)["pid"])
+        kernel_view = Path(f"/proc/{pid}/mountinfo").read_text()
+        shown = runtime("exec", cid, "cat", "/proc/self/mountinfo").stdout
+        res = runtime("exec", cid, "sh", "-c", "echo through > /data/gofer && cat /data/gofer")
+        assert res.stdout == "through\n", res.stderr
+    finally:
+        runtime("delete", "-f", cid)
+    for point in ("/", "/data", "/data/nested", "/etc/note.txt", "/ro"):
+        assert _options(kernel_view, point)[0] == "ro", point
+    assert _options(kernel_view, "/data/scratch")[0] == "rw"  # a tmpfs: the kernel's
+    assert [_options(shown, p)[0] for p in ("/data", "/data/nested", "/etc/note.txt", "/ro")] == [
+        "rw",
+        "rw",
+        "rw",
+        "ro",
+    ]
+    assert (vols.data / "gofer").read_text() == "through\n"
+
+
+def test_binds_in_a_user_namespace(
+    runtime: Runner, bundle: Bundle, cid: str, tmp_path: Path
+) -> None:
+    """A user namespace locks the binds' flags in the gofer's copy of the
+    container's mounts (nosuid, noexec here): the gofer's own binds keep them,
+    and the mapped root writes the volume it owns as that user."""
+    from tests.conftest import give_to_mapped_root
+
+    give_to_mapped_root(bundle.rootfs)
+    vol = tmp_path / "vol"
+    vol.mkdir()
+    os.chown(vol, 100000, 100000)
+    (tmp_path / "note").write_text("note\n")
+    os.chown(tmp_path / "note", 100000, 100000)  # writable by the caller: EROFS is the mount's
+    cfg = bundle.config
+    cfg["root"]["readonly"] = False
+    cfg["linux"]["namespaces"].append({"type": "user"})
+    cfg["linux"]["uidMappings"] = [{"containerID": 0, "hostID": 100000, "size": 65536}]
+    cfg["linux"]["gidMappings"] = [{"containerID": 0, "hostID": 100000, "size": 65536}]
+    cfg["mounts"] += [
+        {
+            "destination": "/vol",
+            "type": "bind",
+            "source": str(vol),
+            "options": ["rbind", "nosuid", "noexec"],
+        },
+        {
+            "destination": "/note",
+            "type": "bind",
+            "source": str(tmp_path / "note"),
+            "options": ["bind", "ro"],
+        },
+    ]
+    bundle.args(
+        "sh",
+        "-c",
+        "echo mine > /vol/f && mkdir /vol/d && cat /vol/f /note && ls /vol | wc -l"
+        " && (echo no >> /note) 2>&1; cp /bin/busybox /vol/bb && /vol/bb true 2>&1; echo $?",
+    ).write()
+    res = runtime("run", "--bundle", str(bundle.path), cid)
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.splitlines()
+    assert lines[:3] == ["mine", "note", "2"], lines
+    assert "Read-only file system" in lines[3]
+    assert "Permission denied" in lines[4] and lines[5] == "126"  # noexec kept
+    assert (os.stat(vol / "f").st_uid, os.stat(vol / "d").st_uid) == (100000, 100000)
+
+
+def test_search_permission_above_a_bind(
+    runtime: Runner, bundle: Bundle, cid: str, tmp_path: Path
+) -> None:
+    """A user who may not search a directory above a bind's mount point cannot
+    reach the bind, by its path or through a link: the gofer's fast path into
+    the mount checks the directories above it, as the kernel's walk does."""
+    vol = tmp_path / "vol"
+    vol.mkdir()
+    vol.chmod(0o777)  # only the directories above it stand in the way
+    (vol / "f").write_text("in the volume\n")
+    (vol / "f").chmod(0o644)
+    (bundle.rootfs / "locked/open").mkdir(parents=True)
+    (bundle.rootfs / "locked").chmod(0o700)
+    (bundle.rootfs / "shortcut").symlink_to("locked/open/vol")
+    bundle.config["mounts"].append(
+        {"destination": "/locked/open/vol", "type": "bind", "source": str(vol), "options": ["bind"]}
+    )
+    bundle.config["process"]["user"] = {"uid": 1000, "gid": 1000}
+    script = (
+        "for p in /locked/open/vol/f /shortcut/f /locked/open/vol; do"
+        " cat $p 2>&1 || true; ls -d $p 2>&1 || true; (echo x > $p.new) 2>&1; done"
+    )
+    bundle.args("sh", "-c", script).write()
+    got = runtime("run", "--bundle", str(bundle.path), cid)
+    want = run_runc(tmp_path, bundle, cid + "-runc")
+    assert got.stdout.splitlines() == want.stdout.splitlines(), got.stderr
+    assert "Permission denied" in got.stdout
+    assert sorted(os.listdir(vol)) == ["f"]
