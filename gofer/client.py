@@ -41,8 +41,8 @@ AT_SYMLINK_FOLLOW: Final = 0x400
 
 
 class KernelPath(Exception):
-    """The path leads into a mount the gofer does not serve (/proc, /dev, a bind
-    mount): the kernel must answer. Deliberately not an OSError, so that no
+    """The path leads into a mount the gofer does not serve (/proc, /dev, a
+    tmpfs) or names a mount point: the kernel must answer. Deliberately not an OSError, so that no
     ``except OSError`` turns it into an errno for the workload. ``path``: the
     request's path (RENAME's and LINK's first one: the reply does not say
     which of the two it was)."""

@@ -14,8 +14,9 @@ What the confined gofer is left with (DESIGN.md rule 3), in the order
    host only SIGKILL reaches it (the kernel shields a namespace's init).
 2. **Its own mount namespace** whose root is an empty read-only tmpfs
    holding ``/root`` (the container's rootfs, bind-mounted, not recursively:
-   the gofer serves that one file system; the extra sources are
-   ``/mounts/N``), that /proc, and nothing of the host. Where a user
+   the gofer serves that one file system; the extra sources, the container's
+   binds, are ``/mounts/N``, a file one as ``/mounts/N/f``), that /proc, and
+   nothing of the host; it is read-only once they are bound. Where a user
    namespace locks the container's mounts together the bind has to be
    recursive; either way the gofer never serves what is mounted on the
    root: a path into one of ``kernel_mounts`` (or onto any other mount) is

@@ -28,8 +28,11 @@ first follows it one component at a time, as the kernel's walk does, each
 step confined below its directory (RESOLVE_BENEATH), and the operation is
 made on the canonical path it finds, with the same flags (still
 RESOLVE_IN_ROOT: a race can only make it fail or land elsewhere inside).
-Stepping onto any mount (EXDEV) is KERNEL_SERVED too. The other mount
-sources (1..) are resolved as at first, symlinks and all, by the kernel.
+Stepping onto any mount (EXDEV) is KERNEL_SERVED too, but for the
+container's binds the gofer serves (mounts 1.., gofer/mounts.py): the walk
+enters those, and the operation opens the canonical path in the mount it
+lies in. A request that names mount 1.. itself is resolved in that mount's
+root as at first, symlinks and all, by the kernel.
 
 * Operations on an object (stat, access, chmod, chown, utimens, truncate,
   statfs, the xattr calls, connect) resolve it to an O_PATH fd that way
@@ -47,8 +50,10 @@ sources (1..) are resolved as at first, symlinks and all, by the kernel.
   component, which the kernel never follows when it creates or removes it.
   ``.`` and ``..`` as a last component are refused here (with the errno
   Linux gives), so ``*at`` never walks up. A parent in a kernel mount, or
-  a name that is a kernel mount point itself, is KERNEL_SERVED: the
-  kernel's EBUSY or EXDEV are its own to give.
+  a name that is a mount point itself, is KERNEL_SERVED (the kernel's
+  EEXIST or EINVAL are its own to give), except for unlink, rmdir and
+  rename: removing a mount point is EBUSY after the checks Linux makes
+  first (the kernel's read-only view would say EROFS).
 
 An fd is never *reopened* through /proc/self/fd (that would turn an O_PATH
 fd into a readable or writable one without open's permission check): the

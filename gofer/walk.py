@@ -1,26 +1,39 @@
 """Resolving a path of the container's root (mount 0) the way the kernel's namei does.
 
-The gofer serves the container's root file system and nothing mounted on it:
-at a mount point such as /proc, /dev/pts or /etc/hosts it sees only the
-underlying directory or file of the root file system (or, where a user
-namespace locked the mounts together, the mount itself). Those mounts, the
-*kernel mounts*, named as the container sees them, are the kernel's to
-serve, and a path must be recognised as leading into one even when it gets
-there through a symlink (/etc/mtab -> ../proc/self/mounts, /dev/fd ->
-/proc/self/fd) or ``..``. The answer is then
-:data:`~pysandbox.gofer.protocol.KERNEL_SERVED`: an ``OSError`` with that
-errno (:func:`kernel_served`), which the server's loop puts in the reply like
-any other errno.
+The gofer's mount 0 is the container's root file system alone: at a mount
+point such as /proc, /dev/pts or /etc/hosts it sees only the underlying
+directory or file of the root file system (or, where a user namespace locked
+the mounts together, the mount itself). Two kinds of mounts lie beyond:
+
+* the **served mounts** (the container's binds: gofer/mounts.py), which the
+  gofer holds as mounts 1.. with an O_PATH fd of each root: the walk goes on
+  in that root when it reaches the mount point (after checking search
+  permission on the directory the name is looked up in, as the kernel's walk
+  does), and ``..`` from that root goes to the mount point's parent. A file
+  mount's "root" is a directory of the gofer's holding the file as
+  :data:`FILE_NAME`. :meth:`Walker.place` says which mount a canonical path
+  lies in, and how to open it there;
+* the **kernel mounts**, named as the container sees them, are the kernel's to
+  serve, and a path must be recognised as leading into one even when it gets
+  there through a symlink (/etc/mtab -> ../proc/self/mounts, /dev/fd ->
+  /proc/self/fd) or ``..``. The answer is then
+  :data:`~pysandbox.gofer.protocol.KERNEL_SERVED`: an ``OSError`` with that
+  errno (:func:`kernel_served`), which the server's loop puts in the reply
+  like any other errno.
 
 Two ways through, chosen per request (gofer/server.py, ``Server._open_in``):
 
 * **The fast path** (:meth:`Walker.plain`): a path with no ``..`` component
-  and no kernel mount as a component-prefix (judged lexically: ``//`` and
+  and no mount point as a component-prefix (judged lexically: ``//`` and
   ``.`` do not count) is opened at once with RESOLVE_NO_SYMLINKS and
   RESOLVE_NO_XDEV added to the usual flags: one openat2, no extra syscall.
   A symlink anywhere on the way makes that fail with ELOOP (a trailing one
   is returned, not refused, with O_PATH | O_NOFOLLOW), and the walk takes
-  over; a mount on the way (EXDEV) is KERNEL_SERVED.
+  over; a mount on the way (EXDEV) is KERNEL_SERVED. A path written plainly
+  into a served mount with no other mount above it (:meth:`Walker.into_served`)
+  has a fast path of its own: one lookup of the directories above the mount
+  point in the root, for their search permission, then one openat2 in the
+  mount.
 * **The walk** (:meth:`Walker.walk`, :meth:`Walker.walk_parent`): one
   component at a time, following symlinks itself as namei does: at most
   :data:`MAXSYMLINKS` (else ELOOP), an absolute target restarts at the

@@ -41,6 +41,10 @@ class Volumes:
         (self.inner / "inside").write_text("nested bind\n")
         self.note.write_text("a file mount\n")
         self.note.chmod(0o666)
+        # a host file beside the volume: links in the volume must not reach it
+        (base / "secret").write_text("host secret\n")
+        (self.data / "peek").symlink_to("../secret")
+        (self.data / "peek_abs").symlink_to(base / "secret")
 
     def mounts(self) -> list[dict[str, object]]:
         return [
@@ -76,6 +80,8 @@ SCRIPT = r"""
 say() { echo "$*"; }
 try() { if out=$("$@" 2>&1); then say "ok: $* $out"; else say "failed: $* $out"; fi; }
 cat /data/hello
+cat /data/peek 2>&1; cat /data/peek_abs 2>&1; ls /data/up/ | grep -c secret
+try sh -c 'echo planted > /data/peek'
 cat /data/sub/deep /data/up/data/sub/deep /data/sub/../hello
 ls /data/abs/ | grep -c passwd
 try sh -c 'echo written > /data/new'
@@ -137,8 +143,10 @@ def test_binds_behave_as_under_runc(
     want = run_runc(tmp_path, bundle, cid + "-runc")
     assert got.stdout.splitlines() == want.stdout.splitlines(), got.stderr
     assert got.returncode == want.returncode == 0
+    assert "host secret" not in got.stdout
     # what the workload wrote is on the host, in the volume
     for vols in (ours, theirs):
+        assert (vols.base / "secret").read_text() == "host secret\n"
         assert (vols.inner / "moved").read_text() == "written\n"
         assert vols.note.read_text() == "a file mount\nappended\n"
         assert not (vols.ro / "new").exists()
