@@ -432,9 +432,13 @@ def _main(
             kernel.setns(mnt_ns, kernel.CLONE_NEWNS)
             # The container's /proc belongs to its pid namespace, where this
             # process is not: /proc/self would not resolve. A private copy of
-            # the namespace gets a procfs of our own over it.
+            # the namespace gets a procfs of our own over it. Slave, not
+            # private: what the host mounts under a bind later reaches the
+            # container (rslave), and must reach our copy too, where the walk
+            # sees it as a mount and leaves it to the kernel (gofer/walk.py);
+            # a private copy would show the directory underneath instead.
             kernel.unshare(kernel.CLONE_NEWNS)
-            kernel.mount(None, "/", None, kernel.MS_REC | kernel.MS_PRIVATE)
+            kernel.mount(None, "/", None, kernel.MS_REC | kernel.MS_SLAVE)
             kernel.mount("proc", "/proc", "proc", kernel.MS_NOSUID | kernel.MS_NODEV, "subset=pid")
             if readonly_view:
                 _make_view_readonly(mnt_ns, [m.point for m in sources[1:] if m.point])
@@ -505,7 +509,7 @@ def _confine(sources: Sequence[MountSource]) -> list[int]:
     server is built). Returns O_PATH fds of the sources' roots in the new root."""
     k = kernel
     k.unshare(k.CLONE_NEWNS | k.CLONE_NEWNET)
-    k.mount(None, "/", None, k.MS_REC | k.MS_PRIVATE)
+    k.mount(None, "/", None, k.MS_REC | k.MS_SLAVE)  # receives, never sends (see _main)
     with contextlib.suppress(OSError), open("/proc/self/oom_score_adj", "w") as f:
         f.write("-999")  # the OOM killer should pick the workload, not its files
     new_root = _scratch_dir()

@@ -292,3 +292,39 @@ def test_search_permission_above_a_bind(
     assert got.stdout.splitlines() == want.stdout.splitlines(), got.stderr
     assert "Permission denied" in got.stdout
     assert sorted(os.listdir(vol)) == ["f"]
+
+
+def test_mounts_made_on_the_host_later_reach_the_bind(
+    runtime: Runner, bundle: Bundle, cid: str, tmp_path: Path
+) -> None:
+    """A container's mounts are slaves of the host's (rootfsPropagation rslave,
+    runc's default): a file system the host mounts inside a volume's source
+    after the start shows up in the container, as under runc, and the
+    gofer's copy of the mounts must see it too (it leaves it to the kernel)."""
+    from pysandbox.oci import kernel
+
+    vol = tmp_path / "vol"
+    (vol / "later").mkdir(parents=True)
+    (vol / "later" / "underneath").write_text("hidden by the mount\n")
+    bundle.config["root"]["readonly"] = False
+    bundle.config["mounts"].append(
+        {"destination": "/data", "type": "bind", "source": str(vol), "options": ["rbind"]}
+    )
+    bundle.args("sleep", "30").write()
+    # a shared mount of the volume's source, as systemd makes every mount
+    kernel.mount(str(vol), str(vol), None, kernel.MS_BIND)
+    mounted = [vol]
+    try:
+        kernel.mount(None, str(vol), None, kernel.MS_SHARED)
+        assert runtime("run", "-d", "--bundle", str(bundle.path), cid).returncode == 0
+        kernel.mount("tmpfs", str(vol / "later"), "tmpfs", 0)
+        mounted.append(vol / "later")
+        (vol / "later" / "fresh").write_text("mounted after the start\n")
+        res = runtime("exec", cid, "sh", "-c", "ls /data/later; cat /data/later/fresh")
+        assert res.stdout.splitlines() == ["fresh", "mounted after the start"], res
+        res = runtime("exec", cid, "sh", "-c", "echo made > /data/later/made; cat /data/later/made")
+        assert res.stdout == "made\n", res
+    finally:
+        runtime("delete", "-f", cid)
+        for path in reversed(mounted):
+            kernel.umount2(str(path), kernel.MNT_DETACH)
