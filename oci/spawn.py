@@ -307,18 +307,21 @@ def _stage2(plan: LaunchPlan, sock: sync.Channel) -> None:
             fd = os.open(f"/proc/self/fd/{plan.fifo_fd}", os.O_WRONLY | os.O_CLOEXEC)
             os.write(fd, b"0")
             os.close(fd)
-            if plan.spec is not None and plan.spec.hooks.start_container:
-                from pysandbox.oci.hooks import run_hooks
+        if plan.sentry_bpf is not None:
+            _join_sentry(plan)
+        if plan.fifo_fd is not None and plan.spec is not None and plan.spec.hooks.start_container:
+            # In the sandbox: the hook is a program of the image, like the
+            # workload, and its writes reach the root and the binds only
+            # through the gofer (the kernel's view of them is read-only).
+            from pysandbox.oci.hooks import run_hooks
 
-                state = _state_for_start_hooks(plan)
-                run_hooks(plan.spec.hooks.start_container, state, kind="startContainer")
+            state = _state_for_start_hooks(plan)
+            run_hooks(plan.spec.hooks.start_container, state, kind="startContainer")
         # Python ignores SIGPIPE and SIGXFSZ; an ignored signal stays ignored
         # across execve, and the workload must get the defaults.
         with contextlib.suppress(OSError):  # a seccomp profile may deny rt_sigaction
             k.set_signal_handler(k.SIGPIPE, None)
             k.set_signal_handler(k.SIGXFSZ, None)
-        if plan.sentry_bpf is not None:
-            _join_sentry(plan)
         os.execve(exe, process.args, env)
     except BaseException as e:
         sync.child_fail(sock, _describe(e))
@@ -327,9 +330,9 @@ def _stage2(plan: LaunchPlan, sock: sync.Channel) -> None:
 
 def _join_sentry(plan: LaunchPlan) -> None:
     """Install the sandbox's filter (stacked on the OCI profile's) and hand its
-    listener to the sentry. The very last thing before execve: every call from
-    here on is sorted by the filter, so only ``host`` calls follow (sendmsg,
-    close) and execve, which the sentry answers.
+    listener to the sentry. The last thing before execve but the
+    startContainer hooks, which run in the sandbox: every call from here on
+    is sorted by the filter.
 
     no_new_privs is set whatever the spec says: by now the capabilities are
     dropped, and without CAP_SYS_ADMIN the kernel loads a filter only under
