@@ -515,11 +515,16 @@ class Runtime:
                 raise RuntimeFailure("cannot start a container in the paused state")
             if st != CREATED:
                 raise RuntimeFailure("cannot start an already running container")
-            self._release_fifo(rec)
+            # poststart hooks run once the workload is executed (the spec's
+            # order): start then waits for init's end of the fifo to close
+            self._release_fifo(rec, until_exec=bool(rec.hooks.get("poststart")))
         self._run_poststart(rec)
 
-    def _release_fifo(self, rec: ContainerRecord) -> None:
+    def _release_fifo(self, rec: ContainerRecord, until_exec: bool = False) -> None:
         """Let init past the exec fifo: read its byte, then remove the fifo.
+        ``until_exec``: then wait until init's end closes, which its execve of
+        the workload does (close-on-exec; after the startContainer hooks), or
+        its death.
 
         A start killed after the read but before the unlink leaves a fifo
         nobody will ever write to again; init has gone on to exec the
@@ -538,6 +543,8 @@ class Runtime:
                     except BlockingIOError:
                         data = b""
                     if data:
+                        if until_exec:
+                            _wait_for_eof(fd)
                         break
                 if not self._alive(rec):
                     raise RuntimeFailure("cannot start a container that has stopped")
@@ -949,6 +956,17 @@ def _import_gofer() -> None:
     thread importing beside it would hold the GIL for its 5 ms switch
     intervals while create has work to do."""
     import pysandbox.gofer.process  # noqa: F401
+
+
+def _wait_for_eof(fd: int) -> None:
+    """Read the (non-blocking) fifo ``fd`` until every writer has closed it."""
+    while True:
+        select.select([fd], [], [])
+        try:
+            if not os.read(fd, 64):
+                return
+        except BlockingIOError:
+            continue
 
 
 def _kill_pinned(pid: int, start: int, pidfds: list[int]) -> None:

@@ -306,7 +306,8 @@ def _stage2(plan: LaunchPlan, sock: sync.Channel) -> None:
         if plan.fifo_fd is not None:
             fd = os.open(f"/proc/self/fd/{plan.fifo_fd}", os.O_WRONLY | os.O_CLOEXEC)
             os.write(fd, b"0")
-            os.close(fd)
+            # fd stays open until execve closes it (O_CLOEXEC): a start with
+            # poststart hooks waits for that, so they follow the workload's exec.
         if plan.sentry_bpf is not None:
             _join_sentry(plan)
         if plan.fifo_fd is not None and plan.spec is not None and plan.spec.hooks.start_container:

@@ -320,3 +320,29 @@ def test_console_size_default(
         if master >= 0:
             os.close(master)
         runtime("delete", "--force", cid)
+
+
+def test_poststart_waits_for_a_slow_start_container_hook(
+    runtime: Runner, bundle: Bundle, cid: str, tmp_path: Path
+) -> None:
+    """poststart runs after the workload is executed (runtime-spec), so after
+    every startContainer hook, however long one takes: start waits for init's
+    end of the exec fifo to close, which its execve does."""
+    logdir = tmp_path / "hooklog"
+    logdir.mkdir()
+    bundle.config["mounts"].append(
+        {"destination": "/hooklog", "type": "bind", "source": str(logdir), "options": ["rbind"]}
+    )
+    bundle.config["hooks"] = {
+        "startContainer": [
+            {"path": "/bin/sh", "args": ["sh", "-c", "sleep 0.5; echo start >> /hooklog/order"]}
+        ],
+        "poststart": [{"path": "/bin/sh", "args": ["sh", "-c", f"echo post >> {logdir}/order"]}],
+    }
+    bundle.args("sleep", "30")
+    runtime("create", "--bundle", str(bundle.path), cid, check=True)
+    try:
+        runtime("start", cid, check=True)
+        assert (logdir / "order").read_text().split() == ["start", "post"]
+    finally:
+        runtime("delete", "-f", cid)
