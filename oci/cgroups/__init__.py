@@ -19,7 +19,7 @@ import errno
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
 from .. import kernel
 
@@ -335,20 +335,76 @@ def remove_tree(top: str, timeout: float = 2.0) -> None:
                 raise CgroupError(f"cgroup: rmdir {d}: {e.strerror}") from e
 
 
+# How many times mkdir_p starts again when a parent vanishes under it. Each time
+# means that another container's delete removed the parent in the instant between
+# our EEXIST on it and our mkdir below it, and that it had made the parent again
+# first; a hundred in a row is not a race any more.
+_MKDIR_ATTEMPTS = 100
+
+
 def mkdir_p(base: str, rel: str) -> list[str]:
-    """Create base/rel component by component; return the directories made here, top first."""
+    """Create base/rel component by component; return the directories made here, top first.
+
+    A parent that exists may vanish before its child is made: whoever made it
+    (another container's create) removes it on delete once it holds no cgroup
+    (:func:`remove_created`). mkdir below it then fails with ENOENT, and we start
+    again from the top, making the parent ourselves (so it is ours to remove).
+    Once our cgroup exists its parents cannot go: the kernel refuses to rmdir a
+    cgroup that has a child.
+    """
+    parts = [p for p in rel.split("/") if p]
     made: list[str] = []
     current = base
-    for part in [p for p in rel.split("/") if p]:
-        current = os.path.join(current, part)
-        try:
-            os.mkdir(current, 0o755)
-            made.append(current)
-        except FileExistsError:
+    for _attempt in range(_MKDIR_ATTEMPTS):
+        current = base
+        for part in parts:
+            parent, current = current, os.path.join(current, part)
+            try:
+                os.mkdir(current, 0o755)
+            except FileExistsError:
+                continue
+            except FileNotFoundError as e:
+                if parent == base:
+                    raise CgroupError(f"cgroup: mkdir {current}: {e.strerror}") from e
+                break  # the parent was removed since we found it: start again
+            except OSError as e:
+                raise CgroupError(f"cgroup: mkdir {current}: {e.strerror}") from e
+            if current not in made:
+                made.append(current)
+        else:
+            return made
+    raise CgroupError(
+        f"cgroup: mkdir {current}: its parent was removed {_MKDIR_ATTEMPTS} times in a row"
+    )
+
+
+def remove_created(created: Iterable[str], own: Iterable[str]) -> None:
+    """Remove the directories a create made, deepest first: the container's own
+    cgroups (``own``) with everything below them, and each parent it made only
+    if no cgroup is left in it.
+
+    A parent (dockerd's cgroup-parent, a pod's cgroup) is shared: the first
+    container to find it missing makes it, and its siblings make their cgroups
+    in it. Removing it with what is below would take a sibling's cgroup while
+    that is empty -- between its create's mkdir and its write of cgroup.procs,
+    say, which then fails with ENOENT -- and would wait on every sibling that has
+    processes. So a parent gets one plain rmdir, which the kernel refuses (EBUSY,
+    under cgroup_mutex, so atomically with any mkdir in it) while a child cgroup
+    exists: then it stays, and is left behind when its last user goes (runc never
+    removes parents at all). :func:`mkdir_p` copes with the other side of the race.
+    """
+    tops = [o.rstrip("/") for o in own]
+    for d in sorted(dict.fromkeys(created), key=lambda p: p.count("/"), reverse=True):
+        if any(d == t or d.startswith(t + "/") for t in tops):
+            remove_tree(d)
             continue
+        try:
+            os.rmdir(d)
+        except FileNotFoundError:
+            pass
         except OSError as e:
-            raise CgroupError(f"cgroup: mkdir {current}: {e.strerror}") from e
-    return made
+            if e.errno not in (errno.EBUSY, errno.ENOTEMPTY):
+                raise CgroupError(f"cgroup: rmdir {d}: {e.strerror}") from e
 
 
 # --- the manager interface -------------------------------------------------------
@@ -444,7 +500,8 @@ class CgroupManager(abc.ABC):
 
     @abc.abstractmethod
     def destroy(self) -> None:
-        """Kill what is left, remove the directories create() made; idempotent."""
+        """Kill what is left, remove the directories create() made (a parent only
+        while no other cgroup is in it, see :func:`remove_created`); idempotent."""
 
     @abc.abstractmethod
     def to_dict(self) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from . import (
     read_int,
     read_keyed,
     read_optional,
-    remove_tree,
+    remove_created,
     tree_pids,
     v1_mounts,
     write_file,
@@ -556,9 +556,9 @@ class V1Manager(CgroupManager):
     def destroy(self) -> None:
         if self.path != "/" and any(os.path.isdir(d) for d in self.dirs()):
             self._kill_everything()
-        # Sub-cgroups made inside ours (nested containers) go with it, deepest first.
-        for d in sorted(self.created, key=lambda p: p.count("/"), reverse=True):
-            remove_tree(d)
+        # Sub-cgroups made inside ours (nested containers) go with it; parents
+        # only while nobody else's cgroup is in them.
+        remove_created(self.created, self.dirs())
 
     def _kill_everything(self) -> None:
         self.thaw_quietly()

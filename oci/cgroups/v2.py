@@ -16,7 +16,7 @@ from . import (
     read_int,
     read_keyed,
     read_optional,
-    remove_tree,
+    remove_created,
     tree_pids,
     v2_mountpoint,
     write_file,
@@ -443,8 +443,7 @@ class V2Manager(CgroupManager):
     def destroy(self) -> None:
         if self.path != "/" and os.path.isdir(self.dir):
             self._kill_everything()
-        for d in sorted(self.created, key=lambda p: p.count("/"), reverse=True):
-            remove_tree(d)
+        remove_created(self.created, [self.dir])
 
     def _kill_everything(self) -> None:
         if os.path.exists(os.path.join(self.dir, "cgroup.kill")):

@@ -25,6 +25,7 @@ from pysandbox.oci.cgroups import (
     CgroupManager,
     detect_mode,
     manager_from_dict,
+    mkdir_p,
     new_manager,
     resolve_path,
     v1_mounts,
@@ -615,6 +616,198 @@ def test_v1_destroy_without_create_is_harmless(cg_name: str) -> None:
     assert m.pids() == []
     assert not m.is_frozen()
     assert m.oom_kill_count() == 0
+
+
+# --- siblings under a parent that one of them made (dockerd's cgroup-parent) ----------
+#
+# dockerd (cgroupfs driver) gives every container cgroupsPath /<parent>/<id>, and nobody
+# makes <parent> beforehand: the first container's create does, and so owns it. Its
+# delete used to remove the parent recursively, taking with it every sibling cgroup
+# that was empty at that moment -- such as one whose create had made it but not yet
+# written its init into cgroup.procs ("cgroup cgroup.procs: open: No such file or
+# directory", test_docker.py::test_twenty_in_parallel) -- and to wait 2 s per
+# hierarchy on each sibling that had processes, then fail.
+
+
+def _sibling_managers(cg_name: str, mode: str) -> list[CgroupManager]:
+    """Managers for <cg_name>/a, /b, /c (nothing made yet), v1 or in the unified mount."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root for real cgroups")
+    if mode == "v1":
+        if detect_mode() != "v1":
+            pytest.skip("host is not cgroup v1")
+        return [new_manager(f"{cg_name}/{n}", n) for n in "abc"]
+    if not os.path.exists(os.path.join(UNIFIED, "cgroup.procs")):
+        pytest.skip("no cgroup2 mount at /sys/fs/cgroup/unified")
+    return [new_manager(f"{cg_name}/{n}", n, mode="v2", v2_mountpoint=UNIFIED) for n in "abc"]
+
+
+def _own_dirs(m: CgroupManager) -> list[str]:
+    return m.dirs() if isinstance(m, V1Manager) else [m.main_dir()]
+
+
+def _parents(m: CgroupManager) -> list[str]:
+    return sorted({os.path.dirname(d) for d in _own_dirs(m)})
+
+
+def _destroy_all(managers: list[CgroupManager], parents: list[str]) -> None:
+    """Clean up whatever happened. A parent outlives its maker when a sibling does (as
+    with runc, which never removes parents): remove it here."""
+    for m in managers:
+        try:
+            m.destroy()
+        except CgroupError:
+            pass  # the assertions have said what went wrong
+    for d in parents:
+        try:
+            os.rmdir(d)
+        except FileNotFoundError:
+            pass
+
+
+@pytest.mark.parametrize("mode", ["v1", "v2"])
+def test_destroy_spares_an_empty_sibling_under_the_parent_it_made(
+    cg_name: str, children: Children, mode: str
+) -> None:
+    a, b, _ = _sibling_managers(cg_name, mode)
+    parents = _parents(a)
+    try:
+        a.create()
+        assert set(parents) <= set(a.to_dict()["created"])  # a made the parent everywhere
+        b.create()  # b's init is not in yet: the window of the flake
+        assert not set(parents) & set(b.to_dict()["created"])
+        a.destroy()
+        assert not any(os.path.exists(d) for d in _own_dirs(a))
+        gone = [d for d in _own_dirs(b) if not os.path.isdir(d)]
+        assert not gone, f"a's destroy removed its sibling b: {gone}"
+        pb = children.sleep()
+        b.add_process(pb.pid)  # was: cgroup cgroup.procs: open: No such file or directory
+        assert b.pids() == [pb.pid]
+        b.destroy()
+        assert not any(os.path.exists(d) for d in _own_dirs(b))
+    finally:
+        _destroy_all([a, b], parents)
+
+
+@pytest.mark.parametrize("mode", ["v1", "v2"])
+def test_destroy_leaves_the_parent_it_made_to_a_running_sibling(
+    cg_name: str, children: Children, mode: str
+) -> None:
+    a, _, c = _sibling_managers(cg_name, mode)
+    parents = _parents(a)
+    try:
+        a.create()
+        c.create()
+        pc = children.sleep()
+        c.add_process(pc.pid)
+        started = time.monotonic()
+        a.destroy()  # was: 2 s of EBUSY per hierarchy, then "rmdir .../c: busy"
+        took = time.monotonic() - started
+        assert took < 1.5, f"destroy waited {took:.1f}s for its sibling"
+        assert not any(os.path.exists(d) for d in _own_dirs(a))
+        assert all(os.path.isdir(d) for d in parents)
+        assert c.pids() == [pc.pid] and pc.poll() is None
+        c.destroy()
+        assert not any(os.path.exists(d) for d in _own_dirs(c))
+    finally:
+        _destroy_all([a, c], parents)
+
+
+@root_only
+@needs_v1
+def test_v1_parallel_create_and_delete_under_a_shared_parent(
+    cg_name: str, children: Children
+) -> None:
+    """Containers come and go under a parent that none of them found there, so it
+    changes hands (and is removed and made again) all the time: no create may fail,
+    and nothing but that parent may be left."""
+    import threading
+
+    errors: list[str] = []
+    cycles: list[int] = []  # per worker
+    home = new_manager("/", "home")  # the hierarchies' roots, to take a process back out
+
+    def worker(w: int, pid: int) -> None:
+        deadline = time.monotonic() + 2.0
+        n = 0
+        while time.monotonic() < deadline and not errors:
+            m = new_manager(f"{cg_name}/w{w}-{n}", "x")
+            try:
+                m.create()
+                m.add_process(pid)
+                home.add_process(pid)  # out again, so that destroy has nobody to kill
+            except CgroupError as e:
+                errors.append(f"create {m.path}: {e}")
+            finally:
+                try:
+                    m.destroy()
+                except CgroupError as e:
+                    errors.append(f"destroy {m.path}: {e}")
+            n += 1
+        cycles.append(n)
+
+    procs = [children.sleep() for _ in range(4)]
+    threads = [threading.Thread(target=worker, args=(w, p.pid)) for w, p in enumerate(procs)]
+    try:
+        for t in threads:
+            t.start()
+    finally:
+        for t in threads:
+            t.join()
+    parents = [os.path.join(mp, cg_name.lstrip("/")) for mp in set(v1_mounts().values())]
+    left = [os.path.join(d, n) for d in parents if os.path.isdir(d) for n in os.listdir(d)]
+    _destroy_all([], parents)
+    assert not errors, f"{len(errors)} failures in {sum(cycles)} cycles, first: {errors[0]}"
+    assert not [p for p in left if os.path.isdir(p)], left
+    assert sum(cycles) > 50
+    assert all(p.poll() is None for p in procs)
+
+
+@pytest.mark.parametrize("hierarchy", ["cpu", "unified"])
+def test_mkdir_p_outlasts_its_parent_being_removed(cg_name: str, hierarchy: str) -> None:
+    """The other side of the race: a parent found there (EEXIST) is removed by its
+    maker's delete before our mkdir below it (ENOENT). A child process plays the
+    deletes, making and removing the parent over and over; before mkdir_p started
+    again from the top, 10 to 50 of the 2000 iterations here failed with ENOENT."""
+    base = os.path.join("/sys/fs/cgroup", hierarchy)
+    if os.geteuid() != 0 or not os.path.exists(os.path.join(base, "cgroup.procs")):
+        pytest.skip(f"needs root and a cgroup hierarchy at {base}")
+    parent = os.path.join(base, cg_name.lstrip("/"))
+    churn = subprocess.Popen(
+        [
+            sys.executable,
+            "-I",
+            "-S",
+            "-c",
+            "import os, sys, time\n"
+            "while True:\n"
+            "    try: os.mkdir(sys.argv[1])\n"
+            "    except FileExistsError: pass\n"
+            "    try: os.rmdir(sys.argv[1])\n"
+            "    except OSError: pass\n"
+            "    time.sleep(0.0001)\n",
+            parent,
+        ]
+    )
+    errors: list[str] = []
+    try:
+        time.sleep(0.05)
+        for _ in range(2000):
+            try:
+                mkdir_p(base, cg_name + "/x")
+            except CgroupError as e:
+                errors.append(str(e))
+                continue
+            os.rmdir(os.path.join(parent, "x"))
+    finally:
+        churn.kill()
+        churn.wait()
+        for d in (os.path.join(parent, "x"), parent):
+            try:
+                os.rmdir(d)
+            except FileNotFoundError:
+                pass
+    assert not errors, f"{len(errors)} of 2000 failed, first: {errors[0]}"
 
 
 # --- v2 (the controller-less cgroup2 at /sys/fs/cgroup/unified on a hybrid host) -------
