@@ -403,6 +403,8 @@ def test_v1_pids_limit_stops_fork_bomb(v1: V1Manager, children: Children) -> Non
         "        time.sleep(30); os._exit(0)\n"
         "    ok += 1\n"
         "print('done', flush=True)\n"
+        # stay: the test counts this process among the cgroup's five
+        "time.sleep(30)\n"
     )
     v1.add_process(p.pid)
     p.stdin.write("go\n")  # type: ignore[union-attr]
