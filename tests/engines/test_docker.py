@@ -7,6 +7,7 @@ import json
 import os
 import pty
 import select
+import shutil
 import signal
 import subprocess
 import time
@@ -174,6 +175,60 @@ def test_read_only_rootfs(docker: Dockerd) -> None:
     assert "rc=1" in res.stdout
     # docker keeps /dev writable but gives no tmpfs at /tmp unless asked: read-only too
     assert "tmp=1" in res.stdout
+
+
+def test_volumes_and_etc_hosts_through_the_gofer(docker: Dockerd, tmp_path: Path) -> None:
+    """docker's volumes and its /etc/hosts, /etc/resolv.conf and /etc/hostname are
+    bind mounts: the gofer serves them (the kernel's view of each is read-only
+    in the container), and what the workload writes lands on the host as with
+    runc; a read-only volume stays read-only."""
+    vol, ro = tmp_path / "vol", tmp_path / "ro"
+    vol.mkdir()
+    ro.mkdir()
+    (ro / "kept").write_text("kept\n")
+    script = (
+        "echo from-container > /vol/out && mkdir /vol/d && mv /vol/out /vol/d/moved"
+        " && echo '10.9.8.7 pysandbox-test' >> /etc/hosts && grep -c pysandbox-test /etc/hosts"
+        " && cat /etc/hostname /ro/kept && (touch /ro/x 2>&1 || true)"
+        " && grep -E ' /(vol|ro|etc/hosts) ' /proc/self/mountinfo | cut -d' ' -f5,6"
+    )
+    outputs = {}
+    for runtime in (RT, "runc"):
+        shutil.rmtree(vol / "d", ignore_errors=True)
+        outputs[runtime] = run(
+            docker,
+            "-v",
+            f"{vol}:/vol",
+            "-v",
+            f"{ro}:/ro:ro",
+            "--hostname",
+            "volhost",
+            IMAGE,
+            "sh",
+            "-c",
+            script,
+            runtime=runtime,
+        )
+        assert (vol / "d" / "moved").read_text() == "from-container\n"
+    # docker orders the volumes' mounts as it likes: compare the table's lines as a set
+    ours, theirs = (outputs[r].splitlines() for r in (RT, "runc"))
+    assert (ours[:4], sorted(ours[4:])) == (theirs[:4], sorted(theirs[4:]))
+    lines = outputs[RT].splitlines()
+    assert lines[:3] == ["1", "volhost", "kept"], lines
+    assert "Read-only file system" in lines[3]
+    assert sorted(lines[4:]) == ["/etc/hosts rw,relatime", "/ro ro,relatime", "/vol rw,relatime"]
+    # the kernel's own mount of the volume is read-only: writes went through the gofer
+    cid = start(docker, "-v", f"{vol}:/vol", IMAGE, "sleep", "300")
+    try:
+        pid = inspect(docker, cid, "{{.State.Pid}}")
+        kernel_view = Path(f"/proc/{pid}/mountinfo").read_text().splitlines()
+        assert any(x.split()[4] == "/vol" and x.split()[5].startswith("ro") for x in kernel_view)
+        assert (
+            docker("exec", cid, "sh", "-c", "echo again > /vol/again && cat /vol/again").stdout
+            == "again\n"
+        )
+    finally:
+        docker("rm", "-f", cid, check=False)
 
 
 def test_network_none(docker: Dockerd) -> None:
