@@ -118,7 +118,7 @@ def mount_flags(options: Iterable[str]) -> int:
 def mountinfo_mounts(path: str) -> list[tuple[str, str, list[str]]]:
     """(mount point, fstype, per-mount options) of every line of a mountinfo
     file, in its order (a mount listed later is on top)."""
-    from pysandbox.oci.cgroups import _unescape as unescape_mountinfo
+    from pysandbox.oci.cgroups import unescape_mountinfo
 
     out = []
     with open(path, encoding="utf-8", errors="surrogateescape") as f:

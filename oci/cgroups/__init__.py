@@ -35,6 +35,7 @@ __all__ = [
     "manager_from_dict",
     "new_manager",
     "resolve_path",
+    "unescape_mountinfo",
 ]
 
 CGROUP_ROOT = "/sys/fs/cgroup"
@@ -67,7 +68,7 @@ class CgroupError(Exception):
 # --- mount table ---------------------------------------------------------------
 
 
-def _unescape(field: str) -> str:
+def unescape_mountinfo(field: str) -> str:
     """Undo mountinfo's octal escapes (\\040 for a space, ...)."""
     if "\\" not in field:
         return field
@@ -97,8 +98,8 @@ def mountinfo_entries(
             if len(fields) < sep + 4:
                 continue
             yield (
-                _unescape(fields[3]),
-                _unescape(fields[4]),
+                unescape_mountinfo(fields[3]),
+                unescape_mountinfo(fields[4]),
                 fields[sep + 1],
                 fields[sep + 3].split(","),
             )

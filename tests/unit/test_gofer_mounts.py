@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from pysandbox.gofer import protocol as p
-from pysandbox.gofer.mounts import ServedMount, mount_flags, plan_mounts
+from pysandbox.gofer.mounts import ServedMount, mount_flags, mountinfo_mounts, plan_mounts
 from pysandbox.gofer.walk import FILE_NAME, FILE_RESOLVE, RESOLVE_ROOTFS, Walker
 from pysandbox.oci import kernel
 
@@ -83,6 +83,19 @@ def test_hidden_mounts_are_left_out(root: Path) -> None:
 def test_a_point_that_cannot_be_looked_at_is_the_kernels(root: Path) -> None:
     plan = plan_mounts([("/gone", "ext4", RW)], [], str(root))
     assert plan.served == () and plan.kernel == ("/gone",)
+
+
+def test_mountinfo_lines(tmp_path: Path) -> None:
+    info = tmp_path / "mountinfo"
+    info.write_text(
+        "76 47 0:44 / / ro,relatime - overlay overlay rw,lowerdir=/x\n"
+        "83 76 254:0 /srv/a\\040b /my\\040vol rw,nosuid shared:7 - ext4 /dev/vda rw\n"
+        "not a mountinfo line\n"
+    )
+    assert mountinfo_mounts(str(info)) == [
+        ("/", "overlay", ["ro", "relatime"]),
+        ("/my vol", "ext4", ["rw", "nosuid"]),
+    ]
 
 
 def test_mount_flags() -> None:
