@@ -118,19 +118,12 @@ def mount_flags(options: Iterable[str]) -> int:
 def mountinfo_mounts(path: str) -> list[tuple[str, str, list[str]]]:
     """(mount point, fstype, per-mount options) of every line of a mountinfo
     file, in its order (a mount listed later is on top)."""
-    from pysandbox.oci.cgroups import unescape_mountinfo
+    from pysandbox.oci.cgroups import mountinfo_fields, unescape_mountinfo
 
-    out = []
-    with open(path, encoding="utf-8", errors="surrogateescape") as f:
-        for line in f:
-            fields = line.split()
-            try:
-                sep = fields.index("-", 6)
-            except ValueError:
-                continue
-            if len(fields) > sep + 1:
-                out.append((unescape_mountinfo(fields[4]), fields[sep + 1], fields[5].split(",")))
-    return out
+    return [
+        (unescape_mountinfo(fields[4]), fields[sep + 1], fields[5].split(","))
+        for fields, sep in mountinfo_fields(path)
+    ]
 
 
 def _under(path: str, point: str) -> bool:

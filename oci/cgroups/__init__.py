@@ -33,6 +33,7 @@ __all__ = [
     "detect_mode",
     "limit_files",
     "manager_from_dict",
+    "mountinfo_fields",
     "new_manager",
     "resolve_path",
     "unescape_mountinfo",
@@ -84,10 +85,9 @@ def unescape_mountinfo(field: str) -> str:
     return "".join(out)
 
 
-def mountinfo_entries(
-    path: str = "/proc/self/mountinfo",
-) -> Iterator[tuple[str, str, str, list[str]]]:
-    """(root, mountpoint, fstype, super options) of every mount."""
+def mountinfo_fields(path: str) -> Iterator[tuple[list[str], int]]:
+    """(the fields, the index of the "-" separator) of every line of a
+    mountinfo file that is one, in its order (a mount listed later is on top)."""
     with open(path, encoding="utf-8", errors="surrogateescape") as f:
         for line in f:
             fields = line.split()
@@ -95,14 +95,21 @@ def mountinfo_entries(
                 sep = fields.index("-", 6)
             except ValueError:
                 continue
-            if len(fields) < sep + 4:
-                continue
-            yield (
-                unescape_mountinfo(fields[3]),
-                unescape_mountinfo(fields[4]),
-                fields[sep + 1],
-                fields[sep + 3].split(","),
-            )
+            if len(fields) >= sep + 4:
+                yield fields, sep
+
+
+def mountinfo_entries(
+    path: str = "/proc/self/mountinfo",
+) -> Iterator[tuple[str, str, str, list[str]]]:
+    """(root, mountpoint, fstype, super options) of every mount."""
+    for fields, sep in mountinfo_fields(path):
+        yield (
+            unescape_mountinfo(fields[3]),
+            unescape_mountinfo(fields[4]),
+            fields[sep + 1],
+            fields[sep + 3].split(","),
+        )
 
 
 def _known_subsystems() -> set[str]:

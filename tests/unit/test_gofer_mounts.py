@@ -15,6 +15,7 @@ from pysandbox.gofer import protocol as p
 from pysandbox.gofer.mounts import ServedMount, mount_flags, mountinfo_mounts, plan_mounts
 from pysandbox.gofer.walk import FILE_NAME, FILE_RESOLVE, RESOLVE_ROOTFS, Walker
 from pysandbox.oci import kernel
+from tests.unit.test_gofer_walk import errno_of
 
 # --- the plan ------------------------------------------------------------------------
 
@@ -140,15 +141,6 @@ def walker(tmp_path: Path) -> Iterator[Walker]:
     finally:
         for fd in fds:
             os.close(fd)
-
-
-def errno_of(fn: object, *args: object) -> int:
-    try:
-        fn(*args)  # type: ignore[operator]
-    except OSError as e:
-        assert e.errno is not None
-        return e.errno
-    return 0
 
 
 @pytest.mark.parametrize(
