@@ -469,7 +469,7 @@ class Server:
         In mount 0 the parent is walked through symlinks and ``..``, and a
         parent in a kernel mount, or a name that is a mount point, is
         KERNEL_SERVED (the kernel's EEXIST, EINVAL... are its own to give)."""
-        fd, name, _mount, _point = self._parent_at(req, path, dot_err, root_err, dotdot_err)
+        fd, name, _mount, _point, _where = self._parent_at(req, path, dot_err, root_err, dotdot_err)
         return fd, name
 
     def _parent_at(
@@ -480,35 +480,38 @@ class Server:
         root_err: int,
         dotdot_err: int = 0,
         points: bool = False,
-    ) -> tuple[int, bytes, int, bool]:
-        """:meth:`_parent`, and which mount the parent is in (its root's fd) and
-        whether the name is a mount point: with ``points``, a mount point is
-        the operation's to refuse (:meth:`_busy`), not the kernel's."""
+    ) -> tuple[int, bytes, int, bool, bytes]:
+        """:meth:`_parent`, and which mount the parent is in (its root's fd),
+        whether the name is a mount point (with ``points``: it is then the
+        operation's to refuse, :meth:`_busy`, not the kernel's) and the
+        parent's canonical path in mount 0 (b"" in another)."""
         parent, name = _split(path, dot_err, root_err, dotdot_err)
         root = self.roots[req.mount]
         flags = _O_PATH | os.O_DIRECTORY
         if req.mount:
-            return kernel.openat2_bytes(root, parent, flags, 0, _RESOLVE), name, root, False
+            fd = kernel.openat2_bytes(root, parent, flags, 0, _RESOLVE)
+            return fd, name, root, False, b""
         walker = self.walker
         try:
             if walker.plain(path):  # the whole path: the name may be a mount point
                 try:
                     fd = kernel.openat2_bytes(root, parent, flags, 0, RESOLVE_ROOTFS)
-                    return fd, name, root, False
+                    return fd, name, root, False, _lexical(parent)
                 except OSError as e:
                     if e.errno != errno.ELOOP:
                         raise
             fast = walker.into_served(parent) if parent[:1] == b"/" else None
             if fast is not None and not walker.names_point(parent, name):
                 try:
-                    return self._open_served(fast, flags, 0), name, fast[0], False
+                    fd = self._open_served(fast, flags, 0)
+                    return fd, name, fast[0], False, _lexical(parent)
                 except OSError as e:
                     if e.errno != errno.ELOOP:
                         raise
             where = walker.walk_parent(path, parent, name, points)
             at, rel, resolve = walker.place(where)
             fd = kernel.openat2_bytes(at, rel, flags, 0, resolve)
-            return fd, name, at, points and walker.names_point(where, name)
+            return fd, name, at, points and walker.names_point(where, name), where
         except OSError as e:
             if e.errno == errno.EXDEV:
                 raise kernel_served(path) from None
@@ -751,7 +754,7 @@ class Server:
         return b"", -1
 
     def op_unlink(self, req: p.Request) -> tuple[bytes, int]:
-        parent, name, _mount, point = self._parent_at(
+        parent, name, _mount, point, _where = self._parent_at(
             req, req.strings[0], errno.EISDIR, errno.EISDIR, points=True
         )
         try:
@@ -763,7 +766,7 @@ class Server:
         return b"", -1
 
     def op_rmdir(self, req: p.Request) -> tuple[bytes, int]:
-        parent, name, _mount, point = self._parent_at(
+        parent, name, _mount, point, _where = self._parent_at(
             req, req.strings[0], errno.EINVAL, errno.EBUSY, errno.ENOTEMPTY, points=True
         )
         try:
@@ -776,20 +779,30 @@ class Server:
 
     def op_rename(self, req: p.Request) -> tuple[bytes, int]:
         old, new = req.strings
-        old_parent, old_name, old_mount, old_point = self._parent_at(
+        flags = req.args[0]
+        old_parent, old_name, old_mount, old_point, old_where = self._parent_at(
             req, old, errno.EBUSY, errno.EBUSY, points=True
         )
         try:
-            new_parent, new_name, new_mount, new_point = self._parent_at(
+            new_parent, new_name, new_mount, new_point, new_where = self._parent_at(
                 req, new, errno.EBUSY, errno.EBUSY, points=True
             )
             try:
-                if old_point or new_point:
+                # A directory with a mount point below it stays where it is: the
+                # sentry and the gofer know the container's mounts by their
+                # paths (Linux would move the mounts with it).
+                holds = self.walker.holds_point
+                if (
+                    old_point
+                    or new_point
+                    or holds(old_where, old_name)
+                    or (flags & kernel.RENAME_EXCHANGE and holds(new_where, new_name))
+                ):
                     if old_mount != new_mount:
                         raise _err(errno.EXDEV)  # Linux looks at the mounts first
                     kernel.faccessat2(new_parent, b"", os.W_OK | os.X_OK, _SEARCH_WRITE)
                     self._busy(old_parent, old_name, p.OP_RENAME)
-                kernel.renameat2(old_parent, old_name, new_parent, new_name, req.args[0])
+                kernel.renameat2(old_parent, old_name, new_parent, new_name, flags)
             finally:
                 os.close(new_parent)
         finally:
@@ -918,6 +931,12 @@ class Server:
         finally:
             os.close(parent)
         return b"", sock.detach()
+
+
+def _lexical(parent: bytes) -> bytes:
+    """The canonical path of a parent that took a fast path (no ``..``, no
+    symlink: its components as they are), absolute from mount 0's root."""
+    return b"/" + b"/".join(c for c in parent.split(b"/") if c and c != b".")
 
 
 def _nofollow(at: int) -> bool:

@@ -37,7 +37,11 @@ def debian() -> Path:
     return debian_rootfs()
 
 
-def _bundle(tmp: Path, rootfs: Path, name: str, script: str, *, readonly: bool) -> Bundle:
+def _bundle(
+    tmp: Path, rootfs: Path, name: str, script: str, *, readonly: bool, volume: bool = False
+) -> Bundle:
+    """/work is a tmpfs; with ``volume``, a bind of a fresh host directory
+    (served by the gofer) that holds TMPDIR too."""
     path = tmp / name
     path.mkdir()
     config: dict[str, Any] = default_spec(["sh", "-c", script], terminal=False)
@@ -45,26 +49,38 @@ def _bundle(tmp: Path, rootfs: Path, name: str, script: str, *, readonly: bool) 
     config["root"] = {"path": str(rootfs), "readonly": readonly}
     config["process"]["env"] = ENV
     config["process"]["cwd"] = "/work"
-    config["mounts"].append(
-        {
-            "destination": "/work",
-            "type": "tmpfs",
-            "source": "tmpfs",
-            "options": ["nosuid", "nodev", "mode=1777", "size=512m"],
-        }
-    )
+    work: dict[str, Any] = {
+        "destination": "/work",
+        "type": "tmpfs",
+        "source": "tmpfs",
+        "options": ["nosuid", "nodev", "mode=1777", "size=512m"],
+    }
+    if volume:
+        source = tmp / f"{name}-volume"
+        (source / "tmp").mkdir(parents=True)
+        for d in (source, source / "tmp"):
+            d.chmod(0o1777)
+        work = {"destination": "/work", "type": "bind", "source": str(source), "options": ["rbind"]}
+        config["process"]["env"] = [*ENV, "TMPDIR=/work/tmp"]
+    config["mounts"].append(work)
     return Bundle(path, config).write()
 
 
 def _both(
-    runtime: Runner, tmp: Path, rootfs: Path, name: str, script: str, timeout: float = 120
+    runtime: Runner,
+    tmp: Path,
+    rootfs: Path,
+    name: str,
+    script: str,
+    timeout: float = 120,
+    volume: bool = False,
 ) -> tuple[subprocess.CompletedProcess[str], subprocess.CompletedProcess[str]]:
     """(pysandbox's result, runc's result) of the same script."""
     # pysandbox writes through its overlay, so the cached tree stays as it is;
     # runc would write the tree itself, so its root is read-only.
-    ours = _bundle(tmp, rootfs, f"{name}-ours", script, readonly=False)
+    ours = _bundle(tmp, rootfs, f"{name}-ours", script, readonly=False, volume=volume)
     res = runtime("run", "--bundle", str(ours.path), f"compat-{name}", timeout=timeout)
-    theirs = _bundle(tmp, rootfs, f"{name}-runc", script, readonly=True)
+    theirs = _bundle(tmp, rootfs, f"{name}-runc", script, readonly=True, volume=volume)
     ref = subprocess.run(
         [
             "runc",
@@ -133,6 +149,25 @@ def test_os_suites_agree_with_runc(runtime: Runner, debian: Path, tmp_path: Path
     end the same under pysandbox as under runc, test by test. They found that
     the memory overlay's directory inode numbers were not readdir's (xino)."""
     res, ref = _both(runtime, tmp_path, debian, "py-os", OS_SUITES, timeout=600)
+    ours, theirs = set(res.stdout.splitlines()), set(ref.stdout.splitlines())
+    assert len(theirs) > 500, ref.stdout[-2000:] + ref.stderr
+    assert sorted(ours - theirs) == [] and sorted(theirs - ours) == []
+
+
+# The same kind of tests with their files in a volume (TMPDIR in a bind mount).
+VOLUME_SUITES = (
+    "python3 -m test -v test_os test_pathlib test_tempfile 2>&1"
+    " | grep -E '^test.* \\.\\.\\. (ok|FAIL|ERROR)$' | sort"
+)
+
+
+def test_os_suites_in_a_volume_agree_with_runc(
+    runtime: Runner, debian: Path, tmp_path: Path
+) -> None:
+    """test_os, test_pathlib and test_tempfile with their temporary files in a
+    bind mount, which the gofer serves (directory fds it opened there, walks
+    into the mount and back out through ``..``), end as under runc."""
+    res, ref = _both(runtime, tmp_path, debian, "py-vol", VOLUME_SUITES, timeout=600, volume=True)
     ours, theirs = set(res.stdout.splitlines()), set(ref.stdout.splitlines())
     assert len(theirs) > 500, ref.stdout[-2000:] + ref.stderr
     assert sorted(ours - theirs) == [] and sorted(theirs - ours) == []

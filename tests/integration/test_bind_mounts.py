@@ -328,3 +328,32 @@ def test_mounts_made_on_the_host_later_reach_the_bind(
         runtime("delete", "-f", cid)
         for path in reversed(mounted):
             kernel.umount2(str(path), kernel.MNT_DETACH)
+
+
+def test_a_directory_holding_a_mount_point_is_not_renamed(
+    runtime: Runner, bundle: Bundle, cid: str, tmp_path: Path
+) -> None:
+    """A deviation from Linux, which moves the mounts with the directory: the
+    sentry and the gofer know the container's mounts by their paths, so a
+    rename of a directory above one is EBUSY (after the checks Linux makes
+    first). The mount point itself is EBUSY in Linux too."""
+    vol = tmp_path / "vol"
+    vol.mkdir()
+    (vol / "f").write_text("in the volume\n")
+    bundle.config["root"]["readonly"] = False
+    bundle.config["mounts"].append(
+        {"destination": "/srv/vol", "type": "bind", "source": str(vol), "options": ["bind"]}
+    )
+    script = (
+        "mv /srv /srv2 2>&1; mv /srv/vol /srv/v2 2>&1; mkdir /srv/d && mv /srv/d /srv/e"
+        " && cat /srv/vol/f && ls /srv"
+    )
+    bundle.args("sh", "-c", script).write()
+    res = runtime("run", "--bundle", str(bundle.path), cid)
+    assert res.stdout.splitlines() == [
+        "mv: can't rename '/srv': Device or resource busy",
+        "mv: can't rename '/srv/vol': Device or resource busy",
+        "in the volume",
+        "e",
+        "vol",
+    ], res.stderr
