@@ -296,6 +296,11 @@ def files_section(n_ops: int) -> list[str]:
         "",
         *lines,
         "",
+        "The same three operations in a volume (a bind mount of a host directory at /vol,",
+        "which pysandbox's gofer serves like the root):",
+        "",
+        *mod.table(results, mod.VOLUME_OPS),
+        "",
     ]
 
 

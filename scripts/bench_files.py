@@ -29,6 +29,7 @@ from pysandbox.oci.specgen import default_spec  # noqa: E402
 WORK = REPO / "build" / "bench"
 PYSANDBOX = str(REPO / ".venv" / "bin" / "pysandbox")
 OPS = ("stat", "open_close", "create_write_unlink")
+VOLUME_OPS = tuple(f"vol_{op}" for op in OPS)  # the same in a bind mount (/vol)
 ROUNDS = 3
 
 PROBE_C = r"""
@@ -46,25 +47,31 @@ static long long now(void) {
     return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
 }
 
+/* argv[2], if given: a directory holding "passwd" (a volume); the names
+   printed then start with "vol_". */
 int main(int argc, char **argv) {
     long n = argc > 1 ? atol(argv[1]) : 10000, i;
+    const char *dir = argc > 2 ? argv[2] : NULL, *tag = dir ? "vol_" : "";
+    char path[256], file[256];
+    snprintf(path, sizeof path, "%s/passwd", dir ? dir : "/etc");
+    snprintf(file, sizeof file, "%s/bench-file", dir ? dir : "");
     struct stat st;
     char buf[64] = {0};
     long long t0 = now();
-    for (i = 0; i < n; i++) stat("/etc/passwd", &st);
-    printf("stat %.1f\n", (double)(now() - t0) / n);
+    for (i = 0; i < n; i++) stat(path, &st);
+    printf("%sstat %.1f\n", tag, (double)(now() - t0) / n);
     t0 = now();
-    for (i = 0; i < n; i++) close(open("/etc/passwd", O_RDONLY | O_CLOEXEC));
-    printf("open_close %.1f\n", (double)(now() - t0) / n);
+    for (i = 0; i < n; i++) close(open(path, O_RDONLY | O_CLOEXEC));
+    printf("%sopen_close %.1f\n", tag, (double)(now() - t0) / n);
     long m = n / 10 + 1;
     t0 = now();
     for (i = 0; i < m; i++) {
-        int fd = open("/bench-file", O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+        int fd = open(file, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
         if (fd < 0 || write(fd, buf, sizeof buf) != sizeof buf) return 1;
         close(fd);
-        unlink("/bench-file");
+        unlink(file);
     }
-    printf("create_write_unlink %.1f\n", (double)(now() - t0) / m);
+    printf("%screate_write_unlink %.1f\n", tag, (double)(now() - t0) / m);
     return 0;
 }
 """
@@ -127,9 +134,16 @@ def _probe_bundle(n_ops: int) -> Path:
     bundle = WORK / "files-bundle"
     make_busybox_rootfs(bundle / "rootfs")
     shutil.copy2(exe, bundle / "rootfs" / "probe")
-    spec = default_spec(["/probe", str(n_ops)], terminal=False)
+    # the same operations in a volume: a bind of a host directory at /vol
+    volume = WORK / "files-volume"
+    volume.mkdir(exist_ok=True)
+    shutil.copy2(bundle / "rootfs" / "etc" / "passwd", volume / "passwd")
+    spec = default_spec(["sh", "-c", f"/probe {n_ops} && /probe {n_ops} /vol"], terminal=False)
     spec["ociVersion"] = "1.0.2"
     spec["root"]["readonly"] = False
+    spec["mounts"].append(
+        {"destination": "/vol", "type": "bind", "source": str(volume), "options": ["rbind"]}
+    )
     (bundle / "config.json").write_text(json.dumps(spec, indent=2))
     return bundle
 
@@ -189,9 +203,10 @@ def measure(n_ops: int, rounds: int = ROUNDS) -> dict[str, dict[str, float]]:
     }
 
 
-def table(results: dict[str, dict[str, float]]) -> list[str]:
+def table(
+    results: dict[str, dict[str, float]], cols: tuple[str, ...] = (*OPS, "build_ms")
+) -> list[str]:
     base = results.get("runc", {})
-    cols = (*OPS, "build_ms")
     head = "| runtime | " + " | ".join(f"{c} | vs runc" for c in cols) + " |"
     lines = [head, "|---|" + "---|---|" * len(cols)]
     for name, ops in results.items():
@@ -209,4 +224,5 @@ def table(results: dict[str, dict[str, float]]) -> list[str]:
 
 if __name__ == "__main__":
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 20000
-    print("\n".join(table(measure(n))))
+    results = measure(n)
+    print("\n".join([*table(results), "", *table(results, VOLUME_OPS)]))
