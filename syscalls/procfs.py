@@ -167,19 +167,38 @@ class ContainerView:
     def __init__(self, files: Mapping[str, str], started: float | None = None) -> None:
         self.files = dict(files)
         self.started = time.clock_gettime(time.CLOCK_BOOTTIME) if started is None else started
+        self._fds: dict[str, int] = {}  # the memory files, kept open (_value)
+
+    def _value(self, key: str) -> str | None:
+        """The memory file ``key`` names, read through an fd kept open: a pread
+        at offset 0 makes a cgroup file's text anew, and costs ~3 us here
+        where an open, read and close cost ~15 (sysinfo reads three or four)."""
+        fd = self._fds.get(key)
+        if fd is None:
+            path = self.files.get(key)
+            if not path:
+                return None
+            try:
+                fd = self._fds[key] = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                return None
+        try:
+            return os.pread(fd, 4096, 0).decode().strip()
+        except (OSError, UnicodeDecodeError):
+            return None
 
     def memory_limit(self) -> int | None:
-        return _limit(_read(self.files.get("memory.limit")))
+        return _limit(self._value("memory.limit"))
 
     def memory_usage(self) -> int:
-        return _limit(_read(self.files.get("memory.usage"))) or 0
+        return _limit(self._value("memory.usage")) or 0
 
     def swap_limit(self) -> int | None:
         """Swap the container may use, in bytes (None: unlimited)."""
-        swap = _limit(_read(self.files.get("swap.limit")))
+        swap = _limit(self._value("swap.limit"))
         if swap is not None or "swap.limit" in self.files:
             return swap
-        memsw = _limit(_read(self.files.get("memsw.limit")))  # v1: memory + swap
+        memsw = _limit(self._value("memsw.limit"))  # v1: memory + swap
         mem = self.memory_limit()
         if memsw is None or mem is None:
             return None

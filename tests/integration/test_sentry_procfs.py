@@ -15,6 +15,7 @@ import pytest
 
 from pysandbox.oci import kernel
 from tests.conftest import Bundle, Runner
+from tests.integration.helpers import compile_probe
 
 LIMITS = {"memory": {"limit": 64 << 20}, "cpu": {"quota": 50000, "period": 100000}}
 SCRIPT = (
@@ -211,20 +212,30 @@ def test_masked_paths_stay_masked(runtime: Runner, bundle: Bundle) -> None:
 LOADAVG = re.compile(r"^(\d+\.\d\d) (\d+\.\d\d) (\d+\.\d\d) (\d+)/(\d+) (\d+)$")
 
 
-def test_loadavg_is_the_containers(runtime: Runner, bundle: Bundle) -> None:
+SYSINFO_PROCS = r"""
+#include <stdio.h>
+#include <sys/sysinfo.h>
+int main(void) { struct sysinfo si; sysinfo(&si); printf("%u\n", si.procs); return 0; }
+"""
+
+
+def test_loadavg_is_the_containers(runtime: Runner, bundle: Bundle, tmp_path: Path) -> None:
     """/proc/loadavg (and sysinfo's loads, which busybox's uptime prints) count
     the container's tasks, not the host's: an idle container starts at 0.00
     with its own few tasks and pids; two busy loops raise it within one 5 s
-    sample (syscalls/loadavg.py)."""
+    sample (syscalls/loadavg.py). sysinfo's procs counts the container's
+    threads: sh, the two loops and the probe."""
+    shutil.copy2(compile_probe(tmp_path, SYSINFO_PROCS, "procs"), bundle.rootfs / "procs")
     bundle.args(
         "sh",
         "-c",
         "cat /proc/loadavg; (while :; do :; done) & (while :; do :; done) &"
-        " sleep 6; cat /proc/loadavg; uptime; grep ^procs_ /proc/stat; kill %1 %2",
+        " sleep 6; cat /proc/loadavg; uptime; grep ^procs_ /proc/stat; /procs; kill %1 %2",
     )
     res = runtime("run", "--bundle", str(bundle.path), "procfs-loadavg")
     assert res.returncode == 0, res.stderr
-    first, second, uptime, procs_running, procs_blocked = res.stdout.splitlines()
+    first, second, uptime, procs_running, procs_blocked, procs = res.stdout.splitlines()
+    assert procs == "4", procs
     m = LOADAVG.match(first)
     assert m, first
     assert m.groups()[:3] == ("0.00", "0.00", "0.00")  # no sample yet

@@ -74,6 +74,10 @@ def test_census_counts_the_containers_tasks(tmp_path: Path) -> None:
     load.sample()
     assert load.average.avenrun[0] == calc_load(0, 1884, 3 * FIXED_1)
     assert load.loadavg(reader=10) == f"{load.average.text(3, 4, 4)}"
+    # sysinfo's count: the cgroups' thread lists (v1 tasks, v2 cgroup.threads),
+    # less the excluded processes' threads
+    (cg / "tasks").write_text("10\n11\n900\n901\n950\n")
+    (cg / "child" / "cgroup.threads").write_text("20\n30\n")
     assert load.task_count() == 4
     # a task that is gone between the listing and its stat is skipped
     (cg / "cgroup.procs").write_text("10\n40\n")
