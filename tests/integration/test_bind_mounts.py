@@ -357,3 +357,65 @@ def test_a_directory_holding_a_mount_point_is_not_renamed(
         "e",
         "vol",
     ], res.stderr
+
+
+CONNECT_PROBE = r"""
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+int main(int argc, char **argv) {
+    struct sockaddr_un a = {.sun_family = AF_UNIX};
+    strncpy(a.sun_path, argv[1], sizeof a.sun_path - 1);
+    int s = socket(AF_UNIX, SOCK_STREAM, 0);
+    if (connect(s, (struct sockaddr *)&a, sizeof a) < 0) { perror("connect"); return 1; }
+    char buf[64] = {0};
+    read(s, buf, sizeof buf - 1);
+    printf("%s", buf);
+    return 0;
+}
+"""
+
+
+def test_a_bound_host_socket_is_reached(
+    runtime: Runner, bundle: Bundle, cid: str, tmp_path: Path
+) -> None:
+    """docker's -v /var/run/docker.sock:/var/run/docker.sock: a bind of a host
+    socket file is a file mount of the gofer, and connect(2) to it reaches the
+    host's listener (the gofer connects the workload's own socket)."""
+    import socket
+    import threading
+
+    from tests.integration.helpers import compile_probe
+
+    probe = compile_probe(tmp_path, CONNECT_PROBE, "connect")
+    (bundle.rootfs / "connect").write_bytes(probe.read_bytes())
+    (bundle.rootfs / "connect").chmod(0o755)
+    path = tmp_path / "host.sock"
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(path))
+    listener.listen(4)
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        conn.sendall(b"hello from the host\n")
+        conn.close()
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    try:
+        bundle.config["mounts"].append(
+            {
+                "destination": "/run/host.sock",
+                "type": "bind",
+                "source": str(path),
+                "options": ["bind"],
+            }
+        )
+        bundle.args("/connect", "/run/host.sock").write()
+        res = runtime("run", "--bundle", str(bundle.path), cid)
+        assert (res.returncode, res.stdout) == (0, "hello from the host\n"), res.stderr
+        server.join(5)
+    finally:
+        listener.close()
