@@ -218,8 +218,12 @@ ls *.o | sort
 """
 
 
-def test_gcc_and_make_build_a_program(runtime: Runner, debian: Path, tmp_path: Path) -> None:
-    res, ref = _both(runtime, tmp_path, debian, "build", BUILD)
+@pytest.mark.parametrize("volume", [False, True], ids=["tmpfs", "volume"])
+def test_gcc_and_make_build_a_program(
+    runtime: Runner, debian: Path, tmp_path: Path, volume: bool
+) -> None:
+    """In /work as a tmpfs (the kernel's), and as a volume (the gofer's)."""
+    res, ref = _both(runtime, tmp_path, debian, "build", BUILD, volume=volume)
     assert ref.returncode == 0, ref.stderr
     assert res.returncode == 0, res.stderr
     assert res.stdout == ref.stdout
@@ -237,8 +241,10 @@ git status --porcelain
 """
 
 
-def test_git_history(runtime: Runner, debian: Path, tmp_path: Path) -> None:
-    res, ref = _both(runtime, tmp_path, debian, "git", GIT)
+@pytest.mark.parametrize("volume", [False, True], ids=["tmpfs", "volume"])
+def test_git_history(runtime: Runner, debian: Path, tmp_path: Path, volume: bool) -> None:
+    """A repository in /work as a tmpfs, and as a volume (a CI's checkout)."""
+    res, ref = _both(runtime, tmp_path, debian, "git", GIT, volume=volume)
     assert ref.returncode == 0, ref.stderr
     assert res.returncode == 0, res.stderr
     # fixed author, committer and dates: the commit hashes must agree too
