@@ -24,7 +24,7 @@ caller's own credentials (and no_new_privs). The binfmt_misc refusal is
 best-effort for the same reason.
 
 What is left to the kernel without a check (CONTINUE): a program in a mount
-the kernel serves (a tmpfs, a bind mount), an fd (execveat AT_EMPTY_PATH), a
+the kernel serves (a tmpfs, /dev), an fd (execveat AT_EMPTY_PATH), a
 caller that chroot()ed,
 a file or directory with a POSIX ACL, an interpreter in such places, and
 anything the gofer cannot read. Every execve also makes the sentry forget

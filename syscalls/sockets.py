@@ -22,7 +22,7 @@ was:
    abstract name (``sun_path[0] == 0``), an fd that is not an AF_UNIX
    socket (ENOTSOCK, or the other family's own bind), a socket that is
    already connected (below), and a path that leads into a mount the kernel
-   serves (/dev/shm, a tmpfs /tmp, a bind mount: ``KernelPath``);
+   serves (/dev/shm, a tmpfs /tmp: ``KernelPath``);
 2. the caller's socket is copied with pidfd_getfd (the pidfd is opened
    and the notification checked before: the fd table is the caller's);
    EBADF for an fd it does not have;
