@@ -20,8 +20,9 @@ the kernel: every call below is notified to the sentry, which
 What the kernel still does itself (SECCOMP_USER_NOTIF_FLAG_CONTINUE):
 
 * a path that leads into a mount the gofer does not serve (/proc, /sys,
-  /dev, its tmpfs mounts, bind mounts): the gofer says so (``KernelPath``)
-  and the call goes back to the kernel;
+  /dev, config.json's tmpfs mounts; the binds are the gofer's mounts 1..,
+  gofer/mounts.py): the gofer says so (``KernelPath``) and the call goes
+  back to the kernel;
 * calls on an fd rather than a path (``AT_EMPTY_PATH`` with an empty path,
   ``utimensat(fd, NULL)``, ``readlinkat(fd, "")``), but linkat: an fd (an
   O_TMPFILE file) given a name, with AT_EMPTY_PATH or through the caller's
