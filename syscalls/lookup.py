@@ -52,7 +52,11 @@ exactly as if it had run first. Without a watch (the host's inotify limits)
 the directory is fstat'ed on every walk, as before.
 
 **The directory cache** maps canonical paths to O_PATH fds, so a path's
-directories are opened once, not on every call. An fd follows its
+directories are opened once, not on every call. Only the container's root
+is cached: a served mount (a volume: gofer/mounts.py) holds the host's
+files too, which the host may replace at any moment (a ``git checkout``
+beside a running container), so its directories are opened anew on every
+walk (kept until the next one, never watched). An fd follows its
 directory, not its name, so the cache is dropped whenever a name of the
 container's root may have moved: after every rename and rmdir the sentry
 serves (:meth:`Lookup.invalidate`). Those are the only ways to move or
@@ -159,6 +163,7 @@ class Lookup:
         self.mounts = mounts
         self.mapped = mapped
         self._dirs: dict[bytes, int] = {}  # canonical path of a directory -> O_PATH fd
+        self._scratch: list[int] = []  # the last walk's fds in served mounts (closed by the next)
         self._acls: dict[tuple[int, int], tuple[int, bool]] = {}  # (dev, ino) -> (ctime, ACL?)
         self._perms: dict[int, tuple[int, int, int]] = {}  # a watched directory's mode, uid, gid
         self._dir_acls: dict[int, bool] = {}  # whether a watched directory has an ACL
@@ -193,6 +198,9 @@ class Lookup:
 
     def close(self) -> None:
         self.invalidate()
+        for fd in self._scratch:
+            os.close(fd)
+        self._scratch.clear()
         for fd, _file in self.served.values():
             os.close(fd)
         self.served = {}
@@ -251,7 +259,8 @@ class Lookup:
         itself, the object's lstat) for the object ``path`` (absolute) names,
         following a symlink in the last component when ``follow`` or a
         trailing slash says so. The fd belongs to the cache: valid until the
-        next :meth:`invalidate`. Raises the errno the kernel's walk would
+        next :meth:`invalidate` (in a served mount, until the next walk).
+        Raises the errno the kernel's walk would
         give, KernelPath, or NotJudged."""
         self._walks += 1
         if len(self._dirs) >= self.dirs_max:
@@ -263,17 +272,24 @@ class Lookup:
         dirs = self._dirs
         mounts = self.mounts
         served = self.served
+        scratch = self._scratch
+        if scratch:
+            for old in scratch:
+                os.close(old)
+            scratch.clear()
         canon = b""  # the canonical directory reached ("" is the root)
         dirfd = self.root
         back: list[tuple[bytes, int]] = []  # where ".." goes: the directories walked through
         links = 0
+        shared = False  # whether canon is in a served mount (the host's files)
         while todo:
             name = todo.pop()
             last = not todo
-            self._search(dirfd, who, path)
+            self._search(dirfd, who, path, dirfd not in scratch)
             if name == b"..":
                 if back:
                     canon, dirfd = back.pop()
+                    shared = shared and self._in_served(canon)
                 continue
             child = canon + b"/" + name
             if child in mounts:
@@ -287,8 +303,11 @@ class Lookup:
                     return root, FILE_NAME, os.stat(FILE_NAME, dir_fd=root, follow_symlinks=False)
                 back.append((canon, dirfd))
                 canon, dirfd = child, root
+                shared = True
                 continue
-            fd = dirs.get(child)
+            # A served mount's directories are the host's too, which may replace
+            # them at any time: they are opened anew on every walk, never kept.
+            fd = None if shared else dirs.get(child)
             if fd is None:
                 if last and not trailing:
                     st = os.stat(name, dir_fd=dirfd, follow_symlinks=False)
@@ -303,7 +322,10 @@ class Lookup:
                             raise
                         target = _symlink_or_enotdir(dirfd, name, path)
                     else:
-                        dirs[child] = fd
+                        if shared:
+                            scratch.append(fd)
+                        else:
+                            dirs[child] = fd
             if fd is not None:
                 back.append((canon, dirfd))
                 canon, dirfd = child, fd
@@ -320,23 +342,31 @@ class Lookup:
             if target[0] == 0x2F:  # "/": from the root again
                 back.clear()
                 canon, dirfd = b"", self.root
+                shared = False
             todo.extend(reversed(parts))
         if dot_last:  # "dir/.": "." is looked up in dir, which must be searchable
-            self._search(dirfd, who, path)
+            self._search(dirfd, who, path, dirfd not in scratch)
         return dirfd, b"", os.stat(dirfd)
+
+    def _in_served(self, canon: bytes) -> bool:
+        """Whether the canonical directory ``canon`` lies in a served mount."""
+        return any(canon == p or canon.startswith(p + b"/") for p in self.served)
 
     # --- search permission -----------------------------------------------------------
 
-    def _search(self, dirfd: int, who: Who, path: bytes) -> None:
-        """EACCES unless ``who`` may search the directory ``dirfd``."""
+    def _search(self, dirfd: int, who: Who, path: bytes, kept: bool = True) -> None:
+        """EACCES unless ``who`` may search the directory ``dirfd``; ``kept``:
+        whether the fd stays open past this walk (only such an fd's mode may
+        be remembered under a watch: a number closed after the walk is
+        reused)."""
         if who.overrides and self.mapped is None:
             return
-        perm = self._perms.get(dirfd)
+        perm = self._perms.get(dirfd) if kept else None
         st = None
         if perm is None:
             # The watch first: a change after it is an event, even one the
             # fstat below already sees (that costs one more fstat, no more).
-            watched = self._watch(dirfd)
+            watched = kept and self._watch(dirfd)
             st = os.stat(dirfd)
             perm = (st.st_mode, st.st_uid, st.st_gid)
             if watched:

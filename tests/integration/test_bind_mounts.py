@@ -8,6 +8,7 @@ and must print the same lines (errors included)."""
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 from collections.abc import Iterator
 from pathlib import Path
@@ -419,3 +420,32 @@ def test_a_bound_host_socket_is_reached(
         server.join(5)
     finally:
         listener.close()
+
+
+def test_the_host_changes_a_volume_under_a_running_container(
+    runtime: Runner, bundle: Bundle, cid: str, tmp_path: Path
+) -> None:
+    """A volume is shared with the host, which may replace its directories at any
+    time (a `git checkout`, an editor, a kubelet): the sentry's lookups must not
+    answer from directories it opened before. Its directory cache keeps the
+    container's root only, which nothing but the container changes."""
+    vol = tmp_path / "vol"
+    (vol / "d").mkdir(parents=True)
+    (vol / "d" / "f").write_text("one\n")
+    bundle.config["mounts"].append(
+        {"destination": "/vol", "type": "bind", "source": str(vol), "options": ["rbind"]}
+    )
+    bundle.args("sleep", "30").write()
+    assert runtime("run", "-d", "--bundle", str(bundle.path), cid).returncode == 0
+    try:
+        look = "cat /vol/d/f; stat -c %s /vol/d/f; ls /vol/d"
+        first = runtime("exec", cid, "sh", "-c", look)
+        assert first.stdout.split() == ["one", "4", "f"], first
+        shutil.rmtree(vol / "d")
+        (vol / "d").mkdir()
+        (vol / "d" / "f").write_text("second\n")
+        (vol / "d" / "g").write_text("")
+        again = runtime("exec", cid, "sh", "-c", look)
+        assert again.stdout.split() == ["second", "7", "f", "g"], again
+    finally:
+        runtime("delete", "-f", cid)
