@@ -227,6 +227,28 @@ def test_run_from_rootfs_directory(podman: Podman, busybox_rootfs: Path, tmp_pat
     assert res.stdout.strip() == "sh ok"
 
 
+def test_volumes_through_the_gofer(podman: Podman, tmp_path: Path) -> None:
+    """podman's -v (a bind, :ro too) and its /etc/hosts: the gofer serves them, and
+    the workload's writes reach the host's directory."""
+    vol, ro = tmp_path / "vol", tmp_path / "ro"
+    vol.mkdir()
+    ro.mkdir()
+    (ro / "kept").write_text("kept\n")
+    res = podman(
+        "run", "--rm", "--network", "none", "-v", f"{vol}:/vol", "-v", f"{ro}:/ro:ro", IMAGE,
+        "sh", "-c",
+        "echo from-podman > /vol/out && mkdir /vol/d && mv /vol/out /vol/d/"
+        " && cat /ro/kept && (touch /ro/x 2>&1 || true) && grep -c localhost /etc/hosts"
+        " && grep -E ' /(vol|ro) ' /proc/self/mountinfo | cut -d' ' -f5,6 | sort",
+    )  # fmt: skip
+    lines = res.stdout.splitlines()
+    assert lines[0] == "kept" and "Read-only file system" in lines[1], lines
+    assert int(lines[2]) >= 1  # podman's /etc/hosts, a file bind
+    assert [x.split()[0] for x in lines[3:]] == ["/ro", "/vol"]
+    assert [x.split()[1].split(",")[0] for x in lines[3:]] == ["ro", "rw"]
+    assert (vol / "d" / "out").read_text() == "from-podman\n"
+
+
 def test_exec_pause_unpause_update_stop(podman: Podman) -> None:
     name = "pst-podman-life"
     podman("run", "-d", "--name", name, "--network", "none", IMAGE, "sleep", "300")
