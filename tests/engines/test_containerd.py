@@ -87,6 +87,23 @@ def test_run_rm_success(ctrd: Containerd) -> None:
     assert res.returncode == 0, res
 
 
+def test_a_bind_mount_through_the_gofer(ctrd: Containerd, tmp_path: Path) -> None:
+    """ctr's --mount (a bind, as the CRI plugin makes a Kubernetes volume's):
+    the gofer serves it, and the workload's writes reach the host's directory."""
+    vol = tmp_path / "vol"
+    vol.mkdir()
+    res = ctrd.run(
+        new_id(),
+        "sh",
+        "-c",
+        "echo from-containerd > /vol/out && cat /vol/out",
+        flags=("--rm", "--mount", f"type=bind,src={vol},dst=/vol,options=rbind:rw"),
+        check=False,
+    )
+    assert (res.returncode, res.stdout) == (0, "from-containerd\n"), res
+    assert (vol / "out").read_text() == "from-containerd\n"
+
+
 def test_detached_exec_ps_pause_resume_kill(ctrd: Containerd) -> None:
     cid = new_id()
     ctrd.run(cid, "sleep", "300", flags=("-d",))
