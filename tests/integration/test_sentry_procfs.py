@@ -230,7 +230,11 @@ def test_loadavg_is_the_containers(runtime: Runner, bundle: Bundle, tmp_path: Pa
         "sh",
         "-c",
         "cat /proc/loadavg; (while :; do :; done) & (while :; do :; done) &"
-        " sleep 6; cat /proc/loadavg; uptime; grep ^procs_ /proc/stat; /procs; kill %1 %2",
+        " sleep 6; cat /proc/loadavg; uptime; grep ^procs_ /proc/stat; /procs;"
+        # The first loop's SIGCHLD may interrupt the second kill before the sentry
+        # has received it (EINTR: the window ARCHITECTURE.md documents, 1 run in
+        # ~10 here); the container's end kills the loops anyway.
+        " kill %1 %2 || true",
     )
     res = runtime("run", "--bundle", str(bundle.path), "procfs-loadavg")
     assert res.returncode == 0, res.stderr
