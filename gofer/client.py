@@ -193,6 +193,23 @@ class GoferClient:
         already been applied to); the new fd is the caller's."""
         return self._fd(p.OP_OPEN, (flags, mode), (_b(path),), cred, mount)
 
+    def openat2(
+        self,
+        directory: PathArg,
+        path: PathArg,
+        flags: int,
+        mode: int,
+        resolve: int,
+        *,
+        cred: p.Credentials | None = None,
+        mount: int | None = None,
+    ) -> int:
+        """openat2(2) of ``path`` in ``directory`` (followed: it must be one)
+        with these RESOLVE_ flags, which must scope the lookup to it
+        (RESOLVE_BENEATH or RESOLVE_IN_ROOT); the new fd is the caller's."""
+        args = (flags, mode, resolve)
+        return self._fd(p.OP_OPENAT2, args, (_b(directory), _b(path)), cred, mount)
+
     def chmod(
         self,
         path: PathArg,

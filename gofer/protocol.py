@@ -93,6 +93,9 @@ LISTXATTR     at u32                      path                   names, each NUL
 REMOVEXATTR   at u32                      path, name
 BIND          socket type u32, umask u32  path                   bound AF_UNIX socket fd
 CONNECT       socket type u32             path                   connected socket fd
+OPENAT2       open flags u32, mode u32,   dir, path              fd (openat2 of path in the
+              resolve u32                                        directory dir names, with
+                                                                 RESOLVE_BENEATH or _IN_ROOT)
 ACCESS        mode u32, at u32            path                   (faccessat2 AT_EACCESS: the
                                                                  request's ids are judged)
 ============  ==========================  =====================  ==================
@@ -169,6 +172,7 @@ OP_ACCESS: Final = 23
 OP_LINKFD: Final = 24  # the file to link comes as SCM_RIGHTS beside the request
 OP_ROOT: Final = 25  # a directory of mount 0 becomes a root of its own (chroot)
 OP_CONNECTFD: Final = 26  # the caller's socket to connect comes as SCM_RIGHTS
+OP_OPENAT2: Final = 27  # an open scoped to a directory (RESOLVE_BENEATH, RESOLVE_IN_ROOT)
 MAX_ROOTS: Final = 64  # roots a gofer holds at most (the chroot()s a container makes)
 
 # String kinds: a path (or symlink target), an xattr name, an xattr value.
@@ -219,6 +223,7 @@ OPS: Final[dict[int, OpSpec]] = {
     OP_LINKFD: _spec("linkfd", "", PATH),
     OP_ROOT: _spec("root", "", PATH),
     OP_CONNECTFD: _spec("connectfd", "", PATH),
+    OP_OPENAT2: _spec("openat2", "III", PATH + PATH),
 }
 
 # Every flag open(2) documents, as the kernel numbers them (Python's

@@ -247,6 +247,33 @@ def _own_fd_link(path: bytes) -> int | None:
     return None
 
 
+# openat2's RESOLVE_ flags the gofer applies itself (RESOLVE_CACHED is the
+# kernel's: EAGAIN for any open that may write), and those that scope a lookup.
+_RESOLVE_SERVED: Final = (
+    k.RESOLVE_NO_XDEV
+    | k.RESOLVE_NO_MAGICLINKS
+    | k.RESOLVE_NO_SYMLINKS
+    | k.RESOLVE_BENEATH
+    | k.RESOLVE_IN_ROOT
+)
+_SCOPED: Final = (k.RESOLVE_BENEATH, k.RESOLVE_IN_ROOT)
+_WRITE_FLAGS: Final = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC
+
+
+def _scoped_write(flags: int, mode: int, resolve: int) -> bool:
+    """Whether an openat2 is one the sentry serves: valid, scoped to its
+    directory by exactly one of RESOLVE_BENEATH and RESOLVE_IN_ROOT, and able
+    to write (a read the kernel's read-only view serves as well)."""
+    if flags & ~OPEN_FLAGS or mode & ~0o7777 or resolve & ~_RESOLVE_SERVED:
+        return False
+    if resolve & (k.RESOLVE_BENEATH | k.RESOLVE_IN_ROOT) not in _SCOPED:
+        return False
+    creates = flags & os.O_CREAT or flags & O_TMPFILE == O_TMPFILE
+    if mode and not creates:
+        return False  # EINVAL: the kernel's to say
+    return bool(flags & _WRITE_FLAGS or creates) and not flags & os.O_PATH
+
+
 def _einval() -> Errno:
     return Errno(errno.EINVAL)
 
@@ -495,22 +522,7 @@ class FileHandlers:
         jail = self._caller_jail(call) if self.chrooted else b""
         outside = False
         if path[0] != 0x2F:  # relative: to the cwd or the dirfd's directory
-            dirfd = s32(dirfd)
-            if dirfd == k.AT_FDCWD:
-                link = f"/proc/{call.pid}/cwd"
-            elif dirfd < 0:
-                raise OSError(errno.EBADF, "bad dirfd")
-            else:
-                link = f"/proc/{call.pid}/fd/{dirfd}"
-            try:
-                base = os.readlink(link.encode())
-            except FileNotFoundError:
-                raise OSError(errno.EBADF if dirfd >= 0 else errno.ESRCH, "no such fd") from None
-            if not base.startswith(b"/"):
-                raise OSError(errno.ENOTDIR, "dirfd is not a directory")  # pipe:[..], socket:[..]
-            if base.endswith(_DELETED):
-                raise OSError(errno.ENOENT, "directory was removed")
-            base = self._from_gofer(link, base)  # a container path
+            base = self.directory(call, dirfd)
             if jail:
                 if base == jail or base.startswith(jail + b"/"):
                     base = base[len(jail) :] or b"/"
@@ -532,6 +544,27 @@ class FileHandlers:
         if kernel_check and self._in_kernel_mount(path):
             raise KernelPath(path)
         return path
+
+    def directory(self, call: Call, dirfd: int) -> bytes:
+        """The container path of the directory ``dirfd`` (AT_FDCWD: the
+        caller's cwd) names, as the kernel prints it from /proc/TID; EBADF,
+        ENOTDIR or ENOENT as Linux would answer a path relative to it."""
+        dirfd = s32(dirfd)
+        if dirfd == k.AT_FDCWD:
+            link = f"/proc/{call.pid}/cwd"
+        elif dirfd < 0:
+            raise OSError(errno.EBADF, "bad dirfd")
+        else:
+            link = f"/proc/{call.pid}/fd/{dirfd}"
+        try:
+            base = os.readlink(link.encode())
+        except FileNotFoundError:
+            raise OSError(errno.EBADF if dirfd >= 0 else errno.ESRCH, "no such fd") from None
+        if not base.startswith(b"/"):
+            raise OSError(errno.ENOTDIR, "dirfd is not a directory")  # pipe:[..], socket:[..]
+        if base.endswith(_DELETED):
+            raise OSError(errno.ENOENT, "directory was removed")
+        return self._from_gofer(link, base)  # a container path
 
     def _caller_jail(self, call: Call) -> bytes:
         """The caller's root as a container path, b"" when it is the container's."""
@@ -718,13 +751,46 @@ class FileHandlers:
         if size < _OPEN_HOW.size:
             return _einval()
         flags, mode, resolve = _OPEN_HOW.unpack(call.read(how_addr, _OPEN_HOW.size))
+        if resolve and size == _OPEN_HOW.size and _scoped_write(flags, mode, resolve):
+            return self._open_scoped(call, dirfd, addr, flags, mode, resolve)
         if resolve or flags & ~OPEN_FLAGS or mode & ~0o7777:
-            # RESOLVE_* scoping and the strict checks are the kernel's to apply
-            # (in its read-only view); a bad flag is EINVAL there too.
+            # Other RESOLVE_* lookups, which read, and the strict checks are the
+            # kernel's (in its read-only view); a bad flag is EINVAL there too.
             return CONTINUE
         if mode and not (flags & os.O_CREAT or flags & O_TMPFILE == O_TMPFILE):
             return _einval()
         return self._open(call, dirfd, addr, flags, mode)
+
+    def _open_scoped(
+        self, call: Call, dirfd: int, addr: int, flags: int, mode: int, resolve: int
+    ) -> Result:
+        """openat2 with RESOLVE_BENEATH or RESOLVE_IN_ROOT that may write (cap-std,
+        libpathrs, container tools use them): the gofer makes it in its view of
+        the directory, where the kernel keeps the lookup inside it, as the
+        caller. That view is the container's when no mount lies below the
+        directory; otherwise (and for a chroot()ed caller) the kernel does it,
+        in its read-only view."""
+        path = call.read_cstring(addr, _PATH_MAX)
+        if call.tracing:
+            call.detail = f"{repr(path)[1:]}, {flags:#o}, resolve={resolve:#x}"
+        if not path or self.chrooted:
+            return CONTINUE
+        base = self.directory(call, dirfd)
+        below = base.rstrip(b"/") + b"/"
+        if self._in_kernel_mount(base) or any(m.startswith(below) for m in self._mounts):
+            return CONTINUE
+        if flags & os.O_CREAT or flags & O_TMPFILE == O_TMPFILE:
+            creds = self._fresh(call)
+            mode = mode & 0o7777 & ~creds.umask
+        else:
+            creds = self._caller_creds(call)
+        if self.gofer is not None:
+            self.gofer.mount = 0
+        fd = self._g.openat2(base, path, flags, mode, resolve, cred=self._cred(creds))
+        if not flags & os.O_NONBLOCK and stat.S_ISFIFO(os.fstat(fd).st_mode):
+            os.close(fd)  # a FIFO waits for its other end: the kernel's job
+            return CONTINUE
+        return InstallFd(fd, cloexec=bool(flags & os.O_CLOEXEC))
 
     # --- stat, access, readlink, statfs ----------------------------------------------
 

@@ -274,6 +274,23 @@ def test_open_flags(c: GoferClient, tree: Tree) -> None:
     assert (host.st_uid, host.st_gid) == (1000, 1000)
 
 
+def test_openat2_is_scoped_to_its_directory(c: GoferClient, tree: Tree) -> None:
+    """OPENAT2 opens in the directory the first path names, with the caller's
+    RESOLVE_BENEATH or RESOLVE_IN_ROOT (one of them is required): nothing it
+    resolves leaves that directory, let alone the root."""
+    beneath, in_root = kernel.RESOLVE_BENEATH, kernel.RESOLVE_IN_ROOT
+    create = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+    os.close(c.openat2("/dir", "made", create, 0o600, beneath))
+    assert stat.S_IMODE(os.stat(tree.root / "dir/made").st_mode) == 0o600
+    for path in ("../etc/passwd", "/etc/passwd", "../../../outside/canary"):
+        assert errno_of(c.openat2, "/dir", path, os.O_WRONLY, 0, beneath) == errno.EXDEV
+    # in its own root: ".." and absolute paths stay in /dir
+    os.close(c.openat2("/dir", "/../../abs-made", create, 0o600, in_root))
+    assert (tree.root / "dir/abs-made").exists() and not (tree.root / "abs-made").exists()
+    assert errno_of(c.openat2, "/dir", "x", create, 0o600, 0) == errno.EINVAL  # unscoped
+    assert tree.outside_state()[0] == ["canary"]
+
+
 def test_open_of_a_fifo_does_not_block_the_gofer(c: GoferClient, tree: Tree) -> None:
     c.mknod("/run/fifo", stat.S_IFIFO | 0o600)
     reader = c.open("/run/fifo", os.O_RDONLY)  # no writer yet: must come back at once

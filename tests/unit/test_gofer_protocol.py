@@ -44,6 +44,7 @@ SAMPLES: list[tuple[int, tuple[int, ...], tuple[bytes, ...]]] = [
     (p.OP_LINKFD, (), (b"/named",)),
     (p.OP_ROOT, (), (b"/jail",)),
     (p.OP_CONNECTFD, (), (b"/run/s.sock",)),
+    (p.OP_OPENAT2, (0o101, 0o644, 0x8), (b"/scope", b"sub/new")),
 ]
 
 
