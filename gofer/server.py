@@ -135,6 +135,11 @@ _O_PATH: Final = os.O_PATH | os.O_CLOEXEC
 _SEARCH_WRITE: Final = kernel.AT_EACCESS | kernel.AT_EMPTY_PATH
 _O_DIR: Final = _O_PATH | os.O_DIRECTORY
 _O_TMPFILE: Final = p.O_TMPFILE
+# What the gofer adds to an open. O_NOCTTY: the gofer leads a session; a tty
+# must never become its terminal. O_NONBLOCK: opening a FIFO must not block
+# its only thread (the writer the reader waits for may need the gofer to open
+# its end); _as_asked clears it again unless the caller asked for it.
+_OPEN_EXTRA: Final = os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK
 # The status flags F_SETFL restores after the gofer's own O_NONBLOCK open.
 _SETFL_KEEP: Final = os.O_APPEND | os.O_DIRECT | os.O_NOATIME
 _SOCK_TYPES: Final = (_socket.SOCK_STREAM, _socket.SOCK_DGRAM, _socket.SOCK_SEQPACKET)
@@ -588,20 +593,8 @@ class Server:
             return b"", fd
         if not (flags & os.O_CREAT or flags & _O_TMPFILE == _O_TMPFILE):
             mode = 0
-        # O_NOCTTY: the gofer leads a session; a tty must never become its terminal.
-        # O_NONBLOCK: opening a FIFO must not block the gofer's only thread (the
-        # writer the reader waits for may need the gofer to open its end); it is
-        # cleared again below unless the caller asked for it.
-        fd = self._open_in(
-            req, path, flags | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK, mode, follow
-        )
-        if not flags & os.O_NONBLOCK:
-            try:
-                fcntl.fcntl(fd, fcntl.F_SETFL, flags & _SETFL_KEEP)
-            except BaseException:
-                os.close(fd)
-                raise
-        return b"", fd
+        fd = self._open_in(req, path, flags | _OPEN_EXTRA, mode, follow)
+        return b"", _as_asked(fd, flags)
 
     def op_openat2(self, req: p.Request) -> tuple[bytes, int]:
         """openat2 of a path in a directory, scoped to it as the caller asked:
@@ -609,38 +602,23 @@ class Server:
         kernel keeps the lookup inside that directory (here: inside the
         gofer's view of it, which is the container's when no mount lies below
         it; the sentry sends no other). RESOLVE_NO_MAGICLINKS is added: this
-        process's /proc is not the caller's."""
+        process's /proc is not the caller's. No O_PATH (the sentry never
+        asks: such an fd writes nothing)."""
         flags, mode, resolve = req.args
         directory, path = req.strings
         scoped = kernel.RESOLVE_BENEATH | kernel.RESOLVE_IN_ROOT
-        if flags & ~p.OPEN_FLAGS or mode & ~0o7777 or not resolve & scoped:
+        if flags & ~p.OPEN_FLAGS or flags & os.O_PATH or mode & ~0o7777 or not resolve & scoped:
             raise _err(errno.EINVAL)
-        if flags & os.O_PATH or not (flags & os.O_CREAT or flags & _O_TMPFILE == _O_TMPFILE):
+        if not (flags & os.O_CREAT or flags & _O_TMPFILE == _O_TMPFILE):
             mode = 0
         dirfd = self._resolve(req, directory, flags=os.O_DIRECTORY)
         try:
-            if flags & os.O_PATH:
-                fd = kernel.openat2_bytes(
-                    dirfd, path, flags | os.O_CLOEXEC, 0, resolve | kernel.RESOLVE_NO_MAGICLINKS
-                )
-                return b"", fd
-            # as op_open: no controlling tty, and a FIFO's open never blocks
             fd = kernel.openat2_bytes(
-                dirfd,
-                path,
-                flags | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK,
-                mode,
-                resolve | kernel.RESOLVE_NO_MAGICLINKS,
+                dirfd, path, flags | _OPEN_EXTRA, mode, resolve | kernel.RESOLVE_NO_MAGICLINKS
             )
         finally:
             os.close(dirfd)
-        if not flags & os.O_NONBLOCK:
-            try:
-                fcntl.fcntl(fd, fcntl.F_SETFL, flags & _SETFL_KEEP)
-            except BaseException:
-                os.close(fd)
-                raise
-        return b"", fd
+        return b"", _as_asked(fd, flags)
 
     def op_chmod(self, req: p.Request) -> tuple[bytes, int]:
         mode, at = req.args
@@ -976,6 +954,18 @@ def _lexical(parent: bytes) -> bytes:
     """The canonical path of a parent that took a fast path (no ``..``, no
     symlink: its components as they are), absolute from mount 0's root."""
     return b"/" + b"/".join(c for c in parent.split(b"/") if c and c != b".")
+
+
+def _as_asked(fd: int, flags: int) -> int:
+    """``fd``, opened with :data:`_OPEN_EXTRA`, with O_NONBLOCK cleared again
+    unless the caller asked for it (the other status flags as asked)."""
+    if not flags & os.O_NONBLOCK:
+        try:
+            fcntl.fcntl(fd, fcntl.F_SETFL, flags & _SETFL_KEEP)
+        except BaseException:
+            os.close(fd)
+            raise
+    return fd
 
 
 def _nofollow(at: int) -> bool:

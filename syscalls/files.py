@@ -720,12 +720,8 @@ class FileHandlers:
             # refuses them), and such an fd reads or writes nothing: the kernel
             # opens it in its read-only view.
             return CONTINUE
-        if flags & os.O_CREAT or flags & O_TMPFILE == O_TMPFILE:
-            creds = self._fresh(call)
-            mode = mode & 0o7777 & ~creds.umask
-        else:
-            creds = self._caller_creds(call)
-            mode = 0
+        creds, mode = self._creds_and_mode(call, flags, mode)
+        if not (flags & os.O_CREAT or flags & O_TMPFILE == O_TMPFILE):
             # A path that names nothing costs no round trip to the gofer: its
             # walk's error is the open's (build tools probe many such paths).
             self._walk_check(path, not flags & os.O_NOFOLLOW, creds)
@@ -745,6 +741,14 @@ class FileHandlers:
             os.close(fd)  # a FIFO waits for its other end: the kernel's job
             return CONTINUE
         return InstallFd(fd, cloexec=bool(flags & os.O_CLOEXEC))
+
+    def _creds_and_mode(self, call: Call, flags: int, mode: int) -> tuple[Creds, int]:
+        """The caller's credentials, verified, and the mode an open creates
+        with: its umask applied (read afresh) for O_CREAT and O_TMPFILE, else 0."""
+        if flags & os.O_CREAT or flags & O_TMPFILE == O_TMPFILE:
+            creds = self._fresh(call)
+            return creds, mode & 0o7777 & ~creds.umask
+        return self._caller_creds(call), 0
 
     def _openat2(self, call: Call) -> Result:
         dirfd, addr, how_addr, size = call.args[:4]
@@ -779,11 +783,7 @@ class FileHandlers:
         below = base.rstrip(b"/") + b"/"
         if self._in_kernel_mount(base) or any(m.startswith(below) for m in self._mounts):
             return CONTINUE
-        if flags & os.O_CREAT or flags & O_TMPFILE == O_TMPFILE:
-            creds = self._fresh(call)
-            mode = mode & 0o7777 & ~creds.umask
-        else:
-            creds = self._caller_creds(call)
+        creds, mode = self._creds_and_mode(call, flags, mode)
         if self.gofer is not None:
             self.gofer.mount = 0
         fd = self._g.openat2(base, path, flags, mode, resolve, cred=self._cred(creds))
