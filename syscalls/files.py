@@ -274,6 +274,14 @@ def _scoped_write(flags: int, mode: int, resolve: int) -> bool:
     return bool(flags & _WRITE_FLAGS or creates) and not flags & os.O_PATH
 
 
+def _waits_for_a_reader(error: OSError, flags: int) -> bool:
+    """Whether the gofer's ENXIO is a FIFO's with no reader yet: its open is
+    never blocking, but the caller's waits for one (Linux's open of a FIFO
+    for writing), so the kernel is to do it, in its read-only view, where a
+    FIFO opens as anywhere (a socket file's ENXIO is the kernel's too)."""
+    return error.errno == errno.ENXIO and not flags & os.O_NONBLOCK
+
+
 def _einval() -> Errno:
     return Errno(errno.EINVAL)
 
@@ -721,10 +729,20 @@ class FileHandlers:
             # opens it in its read-only view.
             return CONTINUE
         creds, mode = self._creds_and_mode(call, flags, mode)
+        follow = not flags & os.O_NOFOLLOW
         if not (flags & os.O_CREAT or flags & O_TMPFILE == O_TMPFILE):
             # A path that names nothing costs no round trip to the gofer: its
             # walk's error is the open's (build tools probe many such paths).
-            self._walk_check(path, not flags & os.O_NOFOLLOW, creds)
+            kind = self._walk_check(path, follow, creds)
+        elif flags & os.O_EXCL or flags & O_TMPFILE == O_TMPFILE:
+            kind = 0  # creates a file: no FIFO's
+        else:
+            kind = stat.S_IFIFO if self._is_fifo(path, follow, creds) else 0
+        if stat.S_ISFIFO(kind) and not flags & os.O_NONBLOCK:
+            # The open waits for the other end: the kernel's (its read-only view
+            # opens a FIFO as any). The gofer's own open, never blocking, would
+            # be that other end for a moment, and a waiting peer would take it.
+            return CONTINUE
         try:
             fd = self._g.open(path, flags, mode, cred=self._cred(creds))
         except PermissionError:
@@ -735,6 +753,10 @@ class FileHandlers:
             except OSError:
                 kind = 0
             if kind in (stat.S_IFCHR, stat.S_IFBLK):
+                return CONTINUE
+            raise
+        except OSError as e:
+            if _waits_for_a_reader(e, flags):
                 return CONTINUE
             raise
         if not flags & (os.O_NONBLOCK | os.O_PATH) and stat.S_ISFIFO(os.fstat(fd).st_mode):
@@ -786,7 +808,12 @@ class FileHandlers:
         creds, mode = self._creds_and_mode(call, flags, mode)
         if self.gofer is not None:
             self.gofer.mount = 0
-        fd = self._g.openat2(base, path, flags, mode, resolve, cred=self._cred(creds))
+        try:
+            fd = self._g.openat2(base, path, flags, mode, resolve, cred=self._cred(creds))
+        except OSError as e:
+            if _waits_for_a_reader(e, flags):
+                return CONTINUE
+            raise
         if not flags & os.O_NONBLOCK and stat.S_ISFIFO(os.fstat(fd).st_mode):
             os.close(fd)  # a FIFO waits for its other end: the kernel's job
             return CONTINUE
@@ -975,13 +1002,23 @@ class FileHandlers:
         if self.lookup is not None:
             self.lookup.invalidate()
 
-    def _walk_check(self, path: bytes, follow: bool, creds: Creds) -> None:
+    def _walk_check(self, path: bytes, follow: bool, creds: Creds) -> int:
         """Raise the error the path walk of ``path`` gives the caller, if any
-        (the sentry's own lookup; an ACL on the way leaves it to the gofer)."""
+        (the sentry's own lookup; an ACL on the way leaves it to the gofer);
+        else the object's st_mode (0: not known here)."""
         lookup = self._current_lookup()
         if lookup is not None:
             with contextlib.suppress(NotJudged):
-                lookup.locate(path, follow, self.who(creds))
+                return lookup.locate(path, follow, self.who(creds))[2].st_mode
+        return 0
+
+    def _is_fifo(self, path: bytes, follow: bool, creds: Creds) -> bool:
+        """Whether ``path`` names a FIFO, as far as the sentry's own lookup can
+        tell (an error, or an ACL on the way: not known, False)."""
+        try:
+            return stat.S_ISFIFO(self._walk_check(path, follow, creds))
+        except OSError:
+            return False
 
     def _across_mounts(self, old: bytes, new: bytes) -> Result | None:
         """rename and link never cross mounts: both in the kernel's mounts is the

@@ -337,3 +337,39 @@ def test_an_installed_fd_leaves_the_callers_cpus_as_they_were(
     res = runtime("run", "--bundle", str(bundle.path), cid)
     assert res.returncode == 0, res.stderr
     assert res.stdout.split() == [str(os.cpu_count())] * 2, res.stdout
+
+
+FIFO_SCRIPT = (
+    "mkfifo /tmp/w /tmp/r /tmp/c"
+    # the writer first: its open waits for the reader (it got ENXIO)
+    "; (sleep 0.3; cat /tmp/w) & echo to-a-late-reader > /tmp/w; wait"
+    # the reader first: its open waits for the writer
+    "; (sleep 0.3; echo to-an-early-reader > /tmp/r) & cat /tmp/r; wait"
+    # a writer's open that does not create (>>), and a reader's with O_NONBLOCK
+    "; (sleep 0.3; cat /tmp/c) & echo appended >> /tmp/c; wait; echo done"
+)
+
+
+def test_fifos_wait_for_their_other_end(
+    runtime: Runner, bundle: Bundle, cid: str, tmp_path: Path
+) -> None:
+    """open(2) of a FIFO waits for the other end. The gofer's opens never
+    block, so the sentry leaves a FIFO's open to the kernel, and before it
+    asks the gofer: a writer with no reader got ENXIO, and the gofer's own
+    passing open was the other end a waiting peer took, then lost (EOF)."""
+    bundle.config["root"]["readonly"] = False
+    bundle.args("sh", "-c", FIFO_SCRIPT).write()
+    theirs = tmp_path / "runc-bundle"
+    shutil.copytree(bundle.path, theirs, symlinks=True)
+    got = runtime("run", "--bundle", str(bundle.path), cid, timeout=30)
+    want = run_runc(tmp_path, Bundle(theirs, bundle.config), cid + "-runc")
+    assert (
+        got.stdout.splitlines()
+        == want.stdout.splitlines()
+        == [
+            "to-a-late-reader",
+            "to-an-early-reader",
+            "appended",
+            "done",
+        ]
+    ), got.stderr
