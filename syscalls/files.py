@@ -274,6 +274,16 @@ def _scoped_write(flags: int, mode: int, resolve: int) -> bool:
     return bool(flags & _WRITE_FLAGS or creates) and not flags & os.O_PATH
 
 
+def _opened(fd: int, flags: int) -> Result:
+    """The answer for an fd the gofer opened: installed in the caller, unless
+    it is a FIFO the caller's open would wait on (the lookup could not tell
+    before): that wait is the kernel's."""
+    if not flags & (os.O_NONBLOCK | os.O_PATH) and stat.S_ISFIFO(os.fstat(fd).st_mode):
+        os.close(fd)
+        return CONTINUE
+    return InstallFd(fd, cloexec=bool(flags & os.O_CLOEXEC))
+
+
 def _waits_for_a_reader(error: OSError, flags: int) -> bool:
     """Whether the gofer's ENXIO is a FIFO's with no reader yet: its open is
     never blocking, but the caller's waits for one (Linux's open of a FIFO
@@ -359,18 +369,16 @@ class FileHandlers:
             ):
                 fd, _st = gofer.walk(b"/", cred=_ROOT_WALKER, mount=number)
                 roots.append(fd)
-                if file:
-                    into[point] = (fd, True)
-                    seen, _st = gofer.walk(FILE_NAME, cred=_ROOT_WALKER, mount=number)
-                else:
-                    if number:
-                        into[point] = (fd, False)
-                    seen = os.dup(fd)
+                if number:
+                    into[point] = (fd, file)
+                # a file mount's fds are of the file, not of the directory holding it
+                seen = gofer.walk(FILE_NAME, cred=_ROOT_WALKER, mount=number)[0] if file else fd
                 try:
                     prefix = os.readlink(f"/proc/self/fd/{seen}".encode())
                     mount_id = _mount_id(k.statx(seen, b"", k.AT_EMPTY_PATH, _STATX_MNT_ID))
                 finally:
-                    os.close(seen)
+                    if seen != fd:
+                        os.close(seen)
                 views.append((prefix, point, mount_id))
         except BaseException:
             for fd in roots:
@@ -759,10 +767,7 @@ class FileHandlers:
             if _waits_for_a_reader(e, flags):
                 return CONTINUE
             raise
-        if not flags & (os.O_NONBLOCK | os.O_PATH) and stat.S_ISFIFO(os.fstat(fd).st_mode):
-            os.close(fd)  # a FIFO waits for its other end: the kernel's job
-            return CONTINUE
-        return InstallFd(fd, cloexec=bool(flags & os.O_CLOEXEC))
+        return _opened(fd, flags)
 
     def _creds_and_mode(self, call: Call, flags: int, mode: int) -> tuple[Creds, int]:
         """The caller's credentials, verified, and the mode an open creates
@@ -814,10 +819,7 @@ class FileHandlers:
             if _waits_for_a_reader(e, flags):
                 return CONTINUE
             raise
-        if not flags & os.O_NONBLOCK and stat.S_ISFIFO(os.fstat(fd).st_mode):
-            os.close(fd)  # a FIFO waits for its other end: the kernel's job
-            return CONTINUE
-        return InstallFd(fd, cloexec=bool(flags & os.O_CLOEXEC))
+        return _opened(fd, flags)
 
     # --- stat, access, readlink, statfs ----------------------------------------------
 

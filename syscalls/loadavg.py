@@ -169,17 +169,10 @@ class ContainerLoad:
         and gcc asks sysinfo a few times per run); the cgroups' own thread
         lists (v1 ``tasks``, v2 ``cgroup.threads``) give them in a read each,
         less the excluded processes' threads."""
-        top = self.cgroup_dir
-        if top is None:
+        if self.cgroup_dir is None:
             return 0
-        try:
-            # a cgroup directory's link count is 2 + its child cgroups: usually
-            # there are none, and no walk (~15 us) is needed
-            below = os.stat(top).st_nlink > 2
-        except OSError:
-            return 0  # gone
         tids: set[bytes] = set()
-        for directory in [d for d, _dirs, _files in os.walk(top)] if below else [top]:
+        for directory in _cgroup_dirs(self.cgroup_dir):
             tids.update(_thread_ids(directory))
         for pid in self.excluded():
             try:
@@ -204,13 +197,22 @@ class ContainerLoad:
         return 0
 
 
+def _cgroup_dirs(top: str) -> list[str]:
+    """Cgroup ``top`` and those below it (a container may make its own:
+    systemd, docker in docker); none when it is gone. A cgroup directory's
+    link count is 2 + its child cgroups: usually there are none, and no walk
+    (~15 us) is needed."""
+    try:
+        below = os.stat(top).st_nlink > 2
+    except OSError:
+        return []
+    return [d for d, _dirs, _files in os.walk(top)] if below else [top]
+
+
 def _cgroup_procs(top: str) -> list[str]:
-    """The processes of cgroup ``top`` and of those below it (a container may
-    make its own: systemd, docker in docker)."""
+    """The processes of cgroup ``top`` and of those below it."""
     out: list[str] = []
-    for directory, _dirs, files in os.walk(top):
-        if "cgroup.procs" not in files:
-            continue
+    for directory in _cgroup_dirs(top):
         try:
             with open(os.path.join(directory, "cgroup.procs"), "rb") as f:
                 out.extend(line.decode() for line in f.read().split())

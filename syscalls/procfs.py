@@ -112,16 +112,6 @@ def _reads_only(flags: int) -> bool:
     return flags & os.O_ACCMODE == os.O_RDONLY and not flags & ~_READ_FLAGS & ~os.O_ACCMODE
 
 
-def _read(path: str | None) -> str | None:
-    if not path:
-        return None
-    try:
-        with open(path, "rb") as f:
-            return f.read().decode().strip()
-    except (OSError, UnicodeDecodeError):
-        return None
-
-
 def _limit(text: str | None) -> int | None:
     """A byte limit as cgroups write it: None for none ("max", v1's huge value)."""
     if text is None or text == "max":
@@ -167,12 +157,13 @@ class ContainerView:
     def __init__(self, files: Mapping[str, str], started: float | None = None) -> None:
         self.files = dict(files)
         self.started = time.clock_gettime(time.CLOCK_BOOTTIME) if started is None else started
-        self._fds: dict[str, int] = {}  # the memory files, kept open (_value)
+        self._fds: dict[str, int] = {}  # the cgroup files, kept open (_value)
 
     def _value(self, key: str) -> str | None:
-        """The memory file ``key`` names, read through an fd kept open: a pread
+        """The cgroup file ``key`` names, read through an fd kept open: a pread
         at offset 0 makes a cgroup file's text anew, and costs ~3 us here
-        where an open, read and close cost ~15 (sysinfo reads three or four)."""
+        where an open, read and close cost ~15 (sysinfo reads three or four,
+        sched_getaffinity up to four)."""
         fd = self._fds.get(key)
         if fd is None:
             path = self.files.get(key)
@@ -207,7 +198,7 @@ class ContainerView:
     def cpu_ids(self, host_online: list[int]) -> list[int]:
         """The CPUs shown to the container: its cpuset (or the host's online
         CPUs), cut to :meth:`cpus` of them."""
-        cpuset = _read(self.files.get("cpuset"))
+        cpuset = self._value("cpuset")
         try:
             allowed = cpu_list(cpuset) if cpuset else list(host_online)
         except ValueError:
@@ -217,20 +208,20 @@ class ContainerView:
     def cpus(self, host_cpus: int) -> int:
         """CPUs the container can use: cpuset size, quota rounded up, host count."""
         n = host_cpus
-        cpuset = _read(self.files.get("cpuset"))
+        cpuset = self._value("cpuset")
         if cpuset:
             try:
                 n = min(n, cpuset_size(cpuset))
             except ValueError:
                 pass
         quota = period = None
-        cpu_max = _read(self.files.get("cpu.max"))
+        cpu_max = self._value("cpu.max")
         if cpu_max:
             q, _, p = cpu_max.partition(" ")
             if q != "max":
                 quota, period = int(q), int(p or 100000)
         else:
-            q1, p1 = _read(self.files.get("cpu.quota")), _read(self.files.get("cpu.period"))
+            q1, p1 = self._value("cpu.quota"), self._value("cpu.period")
             if q1 and p1 and int(q1) > 0:
                 quota, period = int(q1), int(p1)
         if quota is not None and period:
@@ -629,9 +620,9 @@ class ProcHandlers:
                 data = render_mountinfo(text, writable, others)
             else:
                 if writable or others:
-                    info = self._host_text(f"{task}/mountinfo")
-                    writable = writable and not root_superblock_readonly(info)
-                    others = others - readonly_superblocks(info)
+                    readonly = readonly_superblocks(self._host_text(f"{task}/mountinfo"))
+                    writable = writable and "/" not in readonly
+                    others = others - readonly
                 data = render_mounts(text, writable, others)
         except OSError as e:
             # the kernel's own answer for that task (gone: ENOENT; exited: EINVAL)
